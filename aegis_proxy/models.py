@@ -137,4 +137,7 @@ class Decision(Frozen):
     scores: dict[str, float | None] = Field(default_factory=dict)  # probe scores; None = unknown
     message: str = ""  # what the agent is told when the call is blocked or held
     errors: tuple[str, ...] = ()  # evaluation errors that influenced the decision
+    flagged: bool = False  # allowed but marked for review (policy effect `audit`)
+    terminate: bool = False  # the policy asks that the agent's run end rather than continue
+    policy_digest: str = ""  # SHA-256 of the policy sources that decided; "" for the built-in table
     elapsed_ms: float = 0.0

@@ -8,9 +8,10 @@ the decision stage, not the scanner, turns severities into effects.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache, wraps
+from typing import ClassVar, ParamSpec, TypeVar
 
 from aegis_proxy.models import Finding, Severity, ToolCall
 from aegis_proxy.shell import ShellCommand
@@ -29,6 +30,27 @@ class ScanTarget:
     commands: tuple[ShellCommand, ...] = ()  # the string parsed as a shell script, when it looks like one
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__, which costs about as much as the rest of
+# building a target; the pipeline builds one per extracted string, so `new_scan_target` fills the slots directly.
+_TARGET_SLOTS = tuple(ScanTarget.__dict__[name].__set__ for name in ScanTarget.__slots__)  # in field order
+_new_object = object.__new__
+
+
+def new_scan_target(
+    path: str, text: str, chain: tuple[str, ...], is_key: bool, exec_position: bool, commands: tuple[ShellCommand, ...]
+) -> ScanTarget:
+    """`ScanTarget(path, text, chain, is_key, exec_position, commands)`, faster (ScanTarget has no __post_init__)."""
+    target = _new_object(ScanTarget)
+    set_path, set_text, set_chain, set_is_key, set_exec_position, set_commands = _TARGET_SLOTS
+    set_path(target, path)
+    set_text(target, text)
+    set_chain(target, chain)
+    set_is_key(target, is_key)
+    set_exec_position(target, exec_position)
+    set_commands(target, commands)
+    return target
+
+
 @dataclass(frozen=True, slots=True)
 class ScanSettings:
     """Deployment knobs the scanners consult. Defaults are safe for an unconfigured install."""
@@ -39,12 +61,18 @@ class ScanSettings:
     home: str = "/home/user"  # what `~` expands to when a path is judged
 
 
-@dataclass(frozen=True, slots=True)
 class FindingSink:
-    """Helper that stamps the scanner name and the target's path/chain onto each finding."""
+    """Helper that stamps the scanner name and the target's path/chain onto each finding.
 
-    scanner: str
-    findings: list[Finding] = field(default_factory=list)
+    A plain slotted class rather than a dataclass: scanners make one per call, and a frozen dataclass with a
+    default factory costs more to build than most scans of a benign call take.
+    """
+
+    __slots__ = ("findings", "scanner")
+
+    def __init__(self, scanner: str, findings: list[Finding] | None = None) -> None:
+        self.scanner = scanner
+        self.findings: list[Finding] = [] if findings is None else findings
 
     def add(self, target: ScanTarget, category: str, severity: Severity, message: str) -> None:
         self.findings.append(
@@ -57,6 +85,33 @@ class FindingSink:
                 message=message,
             )
         )
+
+
+MAX_CACHED_TEXT_CHARS = 1_024  # texts up to this long are remembered by `text_cache` (keys, names, commands, URLs)
+TEXT_CACHE_SIZE = 4_096  # entries per cached function: at most 4 MiB of cached text each
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def text_cache(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Remember a pure function of a string (and hashable flags) for texts up to MAX_CACHED_TEXT_CHARS (bounded LRU).
+
+    For analyses that depend on the text alone, never on the call, the tool or the settings: agents send the same
+    commands, paths and URLs over and over. The result is shared between callers, so it must be immutable (tuples,
+    frozen dataclasses). `cache_clear` empties it, as on an `lru_cache`.
+    """
+    cached = lru_cache(maxsize=TEXT_CACHE_SIZE)(func)
+
+    @wraps(func)
+    def lookup(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        text = args[0]
+        if isinstance(text, str) and len(text) <= MAX_CACHED_TEXT_CHARS:
+            return cached(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    lookup.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return lookup
 
 
 class Scanner(abc.ABC):

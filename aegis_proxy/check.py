@@ -1,0 +1,141 @@
+"""The offline seam: JSON lines of tool calls in, JSON lines of decisions out (`aegis check`).
+
+Input line:  {"id": "c1", "tool": "run_shell", "arguments": {...},
+              "context": {"user_request": "...", "messages": [{"role": ..., "content": ..., "name": ...}],
+                          "agent_id": "...", "session_id": "..."},
+              "meta": {...}}                      # context optional; meta is carried for corpora and ignored
+Output line: {"id": "c1", "effect": "allow|deny|ask", "risk": 0.0-1.0, "rules": [...], "findings": [...],
+              "reasons": [...], "message": "..."}
+A line we cannot read exactly (invalid JSON, duplicate keys, NaN, wrong shape) becomes
+{"id": null, "line": N, "effect": "error", "error": "..."} and the run goes on. Calls sharing a session_id are judged
+in file order as one session: each sees the earlier ones in its history.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from aegis_proxy.errors import InputError
+from aegis_proxy.firewall import Firewall
+from aegis_proxy.models import CallContext, Decision, Message, PriorCall, Role, ToolCall
+
+MAX_HISTORY = 1_000  # earlier calls kept per session; older ones fall off (the policy's windows are shorter)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineMessage(_Strict):
+    role: Role
+    content: str = ""
+    name: str | None = None
+
+
+class LineContext(_Strict):
+    user_request: str | None = None
+    messages: list[LineMessage] = Field(default_factory=list)
+    agent_id: str | None = None
+    session_id: str | None = None
+
+
+class CheckLine(_Strict):
+    id: str = Field(min_length=1)
+    tool: str = Field(min_length=1)
+    arguments: JsonValue = Field(default_factory=dict)
+    server: str | None = None
+    context: LineContext | None = None
+    meta: dict[str, JsonValue] | None = None
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InputError(f"duplicate key {key!r}", hint="a JSON object may name each key once")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise InputError(f"{name} is not JSON", hint="NaN and Infinity are not valid JSON numbers")
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses what other parsers might read differently: duplicate keys, NaN, Infinity."""
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InputError("JSON nested too deeply", hint="flatten the arguments") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+def parse_line(text: str) -> tuple[CheckLine, ToolCall, CallContext]:
+    data = loads_strict(text)
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        line = CheckLine.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"not a tool call line: {problems}") from None
+    ctx = line.context or LineContext()
+    messages = [Message(role=m.role, content=m.content, name=m.name) for m in ctx.messages]
+    if ctx.user_request and not any(m.role is Role.USER and m.content == ctx.user_request for m in messages):
+        messages.insert(0, Message(role=Role.USER, content=ctx.user_request))
+    call = ToolCall(
+        id=line.id, tool=line.tool, arguments=line.arguments, server=line.server, protocol="offline", raw_size=len(text)
+    )
+    context = CallContext(agent_id=ctx.agent_id, session_id=ctx.session_id, messages=tuple(messages))
+    return line, call, context
+
+
+def decision_json(call_id: str, decision: Decision) -> dict[str, Any]:
+    return {
+        "id": call_id,
+        "effect": decision.effect.value,
+        "risk": round(decision.risk, 4),
+        "rules": list(decision.rules),
+        "findings": [f.summary() for f in decision.findings],
+        "reasons": list(decision.reasons),
+        "message": decision.message,
+    }
+
+
+@dataclass
+class CheckRun:
+    """Judges lines in order, keeping per-session history. Iterate `results(lines)`; read the counters after."""
+
+    firewall: Firewall
+    judged: int = 0
+    errors: int = 0
+    _sessions: dict[str, list[PriorCall]] = field(default_factory=dict)
+
+    def results(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                _, call, context = parse_line(raw)
+            except InputError as exc:
+                self.errors += 1
+                yield {"id": None, "line": number, "effect": "error", "error": exc.message}
+                continue
+            history = self._sessions.setdefault(context.session_id, []) if context.session_id else None
+            if history:
+                context = context.model_copy(update={"history": tuple(history)})
+            decision = self.firewall.check(call, context)
+            if history is not None:
+                history.append(
+                    PriorCall(tool=call.tool, arguments=call.arguments, effect=decision.effect, at=time.time())
+                )
+                del history[:-MAX_HISTORY]
+            self.judged += 1
+            yield decision_json(call.id, decision)
