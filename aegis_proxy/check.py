@@ -5,7 +5,7 @@ Input line:  {"id": "c1", "tool": "run_shell", "arguments": {...},
                           "agent_id": "...", "session_id": "..."},
               "meta": {...}}                      # context optional; meta is carried for corpora and ignored
 Output line: {"id": "c1", "effect": "allow|deny|ask", "risk": 0.0-1.0, "rules": [...], "findings": [...],
-              "reasons": [...], "message": "..."}
+              "reasons": [...], "message": "...", "flagged": false, "terminate": false, "policy_digest": "..."}
 A line we cannot read exactly (invalid JSON, duplicate keys, NaN, wrong shape) becomes
 {"id": null, "line": N, "effect": "error", "error": "..."} and the run goes on. Calls sharing a session_id are judged
 in file order as one session: each sees the earlier ones in its history.
@@ -106,6 +106,9 @@ def decision_json(call_id: str, decision: Decision) -> dict[str, Any]:
         "findings": [f.summary() for f in decision.findings],
         "reasons": list(decision.reasons),
         "message": decision.message,
+        "flagged": decision.flagged,
+        "terminate": decision.terminate,
+        "policy_digest": decision.policy_digest,
     }
 
 

@@ -19,9 +19,20 @@ if TYPE_CHECKING:  # the policy engine is imported by the commands that use it
     from aegis_proxy.policy.engine import PolicySet
 
 EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE = 0, 1, 2
-DEFAULT_CORPUS = Path("tests/corpus")
+# Policies are looked up in ./policies first (a project's own), then in the checkout this package runs from (the
+# shipped ones, for an editable install). An installed wheel ships none: then the built-in severity table decides.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = PROJECT_ROOT / "tests" / "corpus"
 DEFAULT_POLICIES = Path("policies")
-DEFAULT_POLICY = DEFAULT_POLICIES / "default.aegis"  # relative to the working directory, like the corpus
+DEFAULT_POLICY = DEFAULT_POLICIES / "default.aegis"
+
+
+def _policies_dir() -> Path:
+    return DEFAULT_POLICIES if DEFAULT_POLICIES.is_dir() else PROJECT_ROOT / "policies"
+
+
+def _default_policy() -> Path:
+    return _policies_dir() / "default.aegis"
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -56,8 +67,8 @@ def _policy_decider(paths: Sequence[str] | None) -> PolicySet | None:
 
     if paths:
         return load_policy(paths)
-    if DEFAULT_POLICY.is_file():
-        return load_policy([str(DEFAULT_POLICY)])
+    if _default_policy().is_file():
+        return load_policy([str(_default_policy())])
     return None
 
 
@@ -104,7 +115,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
 def _cmd_policy_test(args: argparse.Namespace) -> int:
     from aegis_proxy.policy.testing import run_test_paths
 
-    paths = args.paths or [str(DEFAULT_POLICIES)]
+    paths = args.paths or [str(_policies_dir())]
     missing = [path for path in paths if not Path(path).exists()]
     if missing:
         raise AegisError(f"no such file or folder: {', '.join(missing)}", hint="give .aegis files or folders")
@@ -136,11 +147,13 @@ def _plural(count: int, noun: str) -> str:
 
 def _cmd_eval_corpus(args: argparse.Namespace) -> int:
     from aegis_proxy.evaluation import evaluate
+    from aegis_proxy.firewall import Firewall
 
     corpus = Path(args.corpus)
     if not (corpus / "attacks.jsonl").is_file() or not (corpus / "benign.jsonl").is_file():
         raise AegisError(f"{corpus} has no attacks.jsonl and benign.jsonl", hint="point at a corpus folder")
-    print(evaluate(corpus).render(show_misses=args.show_misses))
+    decider = None if args.builtin else _policy_decider(args.policy)
+    print(evaluate(corpus, Firewall(decider=decider)).render(show_misses=args.show_misses))
     return EXIT_OK
 
 
@@ -194,6 +207,10 @@ def _args_policy_explain(p: argparse.ArgumentParser) -> None:
 def _args_eval_corpus(p: argparse.ArgumentParser) -> None:
     p.add_argument("corpus", nargs="?", default=str(DEFAULT_CORPUS), help="folder with attacks.jsonl and benign.jsonl")
     p.add_argument("--show-misses", action="store_true", help="list ids of attacks allowed and benign calls stopped")
+    p.add_argument(
+        "--policy", action="append", metavar="PATH", help="policy file (repeatable; default: the shipped one)"
+    )
+    p.add_argument("--builtin", action="store_true", help="decide with the built-in severity table, not a policy")
 
 
 POLICY_COMMANDS: tuple[Command, ...] = (

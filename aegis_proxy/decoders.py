@@ -253,14 +253,20 @@ def try_html(text: str) -> str | None:
                 value = _HTML5_ENTITIES.get(piece[: end + 1])
                 if value is not None:
                     decoded = value, end + 1
-        if decoded is None:
-            out.append("&")
-            out.append(piece)
-        else:
-            changed = True
-            out.append(decoded[0])
-            out.append(piece[decoded[1] :])
+        changed |= _rejoin(out, "&", piece, decoded)
     return "".join(out) if changed else None
+
+
+def _rejoin(out: list[str], marker: str, piece: str, decoded: tuple[str, int] | None) -> bool:
+    """Append the text that followed a `marker` split: decoded (value, then the rest of the piece) or as written.
+    True when it was decoded. `decoded` is (value, characters of `piece` it replaces)."""
+    if decoded is None:
+        out.append(marker)
+        out.append(piece)
+        return False
+    out.append(decoded[0])
+    out.append(piece[decoded[1] :])
+    return True
 
 
 _OCTAL: Final = "01234567"
@@ -312,13 +318,7 @@ def try_escapes(text: str) -> str | None:
                 out.append(_bytes_to_text(pending))
                 pending.clear()
             decoded = _unicode_escape(piece) if kind in ("u", "U") else None
-            if decoded is None:
-                out.append("\\")
-                out.append(piece)
-            else:
-                changed = True
-                out.append(decoded[0])
-                out.append(piece[decoded[1] :])
+            changed |= _rejoin(out, "\\", piece, decoded)
             continue
         changed = True
         if rest:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
-from typing import Final
+from typing import Final, NamedTuple
 
 from pydantic import JsonValue
 
@@ -68,22 +68,6 @@ class ExtractedString:
     def normalized(self) -> bool:
         """True when what was sent differs from `text` by invisible characters, compatibility forms or look-alikes."""
         return "normalize" in self.chain or "confusables" in self.chain
-
-
-# A frozen dataclass's __init__ sets each field through object.__setattr__; extraction makes one ExtractedString per
-# string, so `_new_string` fills the slots directly (ExtractedString has no __post_init__).
-_STRING_SLOTS = tuple(ExtractedString.__dict__[name].__set__ for name in ExtractedString.__slots__)  # field order
-_new_object = object.__new__
-
-
-def _new_string(path: str, text: str, chain: tuple[str, ...], is_key: bool) -> ExtractedString:
-    string = _new_object(ExtractedString)
-    set_path, set_text, set_chain, set_is_key = _STRING_SLOTS
-    set_path(string, path)
-    set_text(string, text)
-    set_chain(string, chain)
-    set_is_key(string, is_key)
-    return string
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +132,7 @@ def extract(arguments: JsonValue, limits: ExtractionLimits | None = None) -> Ext
 MAX_CACHED_DECODE_CHARS: Final = 1_024  # texts up to this long are decoded once and remembered (bounded LRU)
 
 
-@dataclass(frozen=True, slots=True)
-class _TextDecodings:
+class _TextDecodings(NamedTuple):  # a NamedTuple: cheap to make, and one is made per new short string
     """What the text decoders (all but JSON) make of one short string, before any budget is charged."""
 
     marked: tuple[tuple[str, int, str | None], ...]  # (step, markers in the text = fragments it costs, decoded)
@@ -162,9 +145,11 @@ class _TextDecodings:
 def _short_text_decodings(text: str) -> _TextDecodings:
     # A pure function of the text (the budgets are charged by the caller), and short strings repeat: keys, values,
     # commands. Decoded values are strings, so sharing them is safe.
-    marked = tuple(
-        (step, text.count(marker), decoder(text)) for step, marker, decoder in _MARKED_DECODERS if marker in text
-    )
+    marked: tuple[tuple[str, int, str | None], ...] = ()
+    if "%" in text or "&" in text or "\\" in text:
+        marked = tuple(
+            (step, text.count(marker), decoder(text)) for step, marker, decoder in _MARKED_DECODERS if marker in text
+        )
     if not may_encode_text(text):
         return _TextDecodings(marked, (), 0, ())
     shaped = []
@@ -331,7 +316,7 @@ class _Walk:
             self.stopped = True
             return False
         self.seen.add(key)
-        self.strings.append(_new_string(path, text, chain, is_key))
+        self.strings.append(ExtractedString(path, text, chain, is_key))
         self.scan_left -= len(text)
         return True
 
@@ -352,9 +337,12 @@ class _Walk:
                 elif value is not NOT_JSON:
                     found.append(("json", value, len(text)))
                     is_json = True
-        if text and not is_json and len(text) <= MAX_CACHED_DECODE_CHARS:
+        # JSON text's escapes are decoded by the parser; its strings are walked one by one. Most strings hold no
+        # marker and no mixed case or digits: no text decoder could read them, and there is nothing to charge.
+        decodable = bool(text) and not is_json and ("%" in text or "&" in text or "\\" in text or may_encode_text(text))
+        if decodable and len(text) <= MAX_CACHED_DECODE_CHARS:
             self._replay(_short_text_decodings(text), path, chain, found)
-        elif text and not is_json:  # JSON text's escapes are decoded by the parser; its strings are walked one by one
+        elif decodable:
             # Long text: each decoder runs only once the budget has paid for it (hostile input is mostly long).
             for step, marker, decoder in _MARKED_DECODERS:
                 if marker in text and self._charge_fragments(text.count(marker), path, chain):

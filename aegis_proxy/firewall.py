@@ -56,7 +56,7 @@ class Firewall:
             merged = merge_findings(findings)
             stage = "decide"
             verdict = self.decider.decide(Evidence(call=call, context=context, findings=merged, provenance=provenance))
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything, and say where
+        except Exception as exc:
             return Decision(
                 effect=Effect.DENY,
                 reasons=(f"internal error in {stage}: {type(exc).__name__}: {exc}",),

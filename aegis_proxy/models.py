@@ -37,20 +37,20 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
 
-class Effect(str, enum.Enum):
+class Effect(enum.StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     ASK = "ask"
 
 
-class Trust(str, enum.Enum):
+class Trust(enum.StrEnum):
     """Who wrote a message. Only what the principal (system prompt, user) wrote is trusted."""
 
     TRUSTED = "trusted"
     UNTRUSTED = "untrusted"
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"

@@ -4,28 +4,34 @@ For every argument string, record whether it appears in what the principal wrote
 untrusted text (tool results, documents, the assistant's own text) and inside an injected block of untrusted text, as
 `find_injection_spans` marks them. Long strings are also split into salient tokens (URLs, email addresses, account
 numbers, file paths, domain names, long numbers), each traced on its own, so that `body="Click www.evil.example/login"`
-is traced to the injected block that carries the same link.
+is traced to the injected block that carries the same link. A one-word value with digits (an order number
+"NW-88412", a user name "octo-helper-42") is an identifier: specific enough that finding it in injected text counts.
 
 Copying values out of tool output is what agents do all day (a third of benign calls take an argument from a tool
 message that also carries an injection), so appearing in untrusted text is only INFO. The strong signal is a value
 that sits inside the injected instructions themselves and that the user never wrote: HIGH. When the same value also
 appears in tool output outside the injected block, the agent may have taken it from there: MEDIUM (a human looks).
+So is a value found only in weak spans (score below the injection scanner's MEDIUM_SCORE): a "TODO: email it to
+x@y.example" in a document may be the user's own note, so a human decides rather than the firewall.
 
 Matching is case-insensitive, whitespace-collapsed and NFKC, after removing invisible characters and undoing the JSON
 escapes that tool results often carry. Injection spans are computed once per untrusted message and cached by content:
-a session repeats the same messages on every call.
+a session repeats the same messages on every call. The lookups of an argument string (its folded form and salient
+tokens) are cached by text too; what they are found in is worked out afresh on every call.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 
+from aegis_proxy import safe_regex
 from aegis_proxy.extract import ExtractedString
 from aegis_proxy.models import TRUSTED_ROLES, CallContext, Finding, Role, Severity
 from aegis_proxy.safe_regex import compile_pattern
-from aegis_proxy.scanners.injection import analyse_text, visible_text
+from aegis_proxy.scanners.base import text_cache
+from aegis_proxy.scanners.injection import MEDIUM_SCORE, analyse_text, visible_text
 
 SCANNER = "provenance"
 CATEGORY_INJECTED = "provenance.injected"
@@ -49,6 +55,9 @@ class ProvenanceLimits:
     min_chars: int = 4  # shorter values (after trimming) say nothing about where they came from
 
 
+_DEFAULT_LIMITS = ProvenanceLimits()  # built once: a frozen dataclass costs microseconds per call
+
+
 @dataclass(frozen=True, slots=True)
 class TracedValue:
     """One value looked up in the context: a whole argument string, or a salient token of it."""
@@ -60,6 +69,7 @@ class TracedValue:
     in_untrusted: bool
     in_injected: bool  # inside an injected span; only specific values count (not "Meeting")
     outside_injected: bool  # also in tool/document text outside the injected spans
+    weak: bool = False  # inside injected spans, but only weak ones (score below MEDIUM_SCORE, e.g. a bare TODO)
 
     @property
     def sources(self) -> frozenset[str]:
@@ -69,6 +79,34 @@ class TracedValue:
         if self.in_injected:
             found.add(SOURCE_INJECTED)
         return frozenset(found)
+
+
+# A frozen dataclass sets each field through object.__setattr__; a call makes a few of these per argument string, so
+# `trace` fills the slots directly (half the cost). Same object, same fields: equality, hashing and repr are unchanged.
+_TRACED_VALUE_SLOTS = tuple(getattr(TracedValue, member.name).__set__ for member in fields(TracedValue))
+
+
+def _traced_value(
+    text: str,
+    kind: str,
+    chain: tuple[str, ...],
+    in_user: bool,
+    in_untrusted: bool,
+    in_injected: bool,
+    outside_injected: bool,
+    weak: bool,
+) -> TracedValue:
+    value = object.__new__(TracedValue)
+    set_text, set_kind, set_chain, set_user, set_untrusted, set_injected, set_outside, set_weak = _TRACED_VALUE_SLOTS
+    set_text(value, text)
+    set_kind(value, kind)
+    set_chain(value, chain)
+    set_user(value, in_user)
+    set_untrusted(value, in_untrusted)
+    set_injected(value, in_injected)
+    set_outside(value, outside_injected)
+    set_weak(value, weak)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +155,19 @@ class ProvenanceReport:
             )
             if copied:
                 only_there = [value for value in copied if not value.outside_injected]
-                worst = (only_there or copied)[0]
-                where = "injected instructions" if only_there else "injected instructions and elsewhere in tool output"
+                confident = [value for value in only_there if not value.weak]
+                worst = (confident or only_there or copied)[0]
+                if confident:
+                    where = "injected instructions"
+                elif only_there:
+                    where = "text that may be injected instructions"
+                else:
+                    where = "injected instructions and elsewhere in tool output"
                 found.append(
                     Finding(
                         scanner=SCANNER,
                         category=CATEGORY_INJECTED,
-                        severity=Severity.HIGH if only_there else Severity.MEDIUM,
+                        severity=Severity.HIGH if confident else Severity.MEDIUM,
                         path=trace.path,
                         chain=worst.chain,
                         message=f"{worst.kind} {_display(worst)} appears in {where}, not in anything the user wrote",
@@ -175,6 +219,7 @@ _TOKEN = compile_pattern(
     r"|\b(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.){1,8}[a-z]{2,24}\b",
     ignore_case=True,
 )
+_UNANCHORED = getattr(safe_regex, "_UNANCHORED", None)
 _TOKEN_HINTS = frozenset("/@.\\0123456789")  # a string without any of these holds no salient token
 _TRAILING = ".,;:!?)]}'\""
 
@@ -201,6 +246,8 @@ def _kind(token: str) -> str:
         return "number"
     if token[:2].isalpha() and token[2:4].isdigit() and token[:2].isupper():
         return "account"
+    if "." not in token and any(char.isdigit() for char in token):
+        return "id"  # an order number, a ticket, a user name with digits: NW-88412, octo-helper-42
     return "domain"
 
 
@@ -222,6 +269,8 @@ def _meaningful(folded: str) -> bool:
 
 def _specific(kind: str, folded: str) -> bool:
     """Specific enough that finding it inside injected text is no coincidence ("Meeting" is not; an IBAN is)."""
+    if kind == "id":
+        return len(folded) >= 5 and sum(char.isdigit() for char in folded) >= 2
     if kind != "value":
         return kind != "domain" or "." in folded.strip(".")
     if len(folded) >= 16:
@@ -229,6 +278,46 @@ def _specific(kind: str, folded: str) -> bool:
     if len(folded) >= 10 and " " in folded:
         return True
     return len(folded) >= 6 and any(char.isdigit() or char in "@./:_-\\" for char in folded)
+
+
+# google-re2's wrapper builds a Python match object per hit (microseconds each); on ASCII text the compiled RE2 object
+# is asked directly, as safe_regex's own fast path does. The loop mirrors the wrapper's on bytes, so the tokens are
+# the same; a wrapper without these internals gets `finditer`.
+_TOKEN_SEARCH = getattr(_TOKEN, "_match", None)
+_TAIL_CHECK = 256  # tails up to this long are checked for a hint character (a bounded copy) before searching them
+
+
+def _tokens(body: str) -> Iterator[str]:
+    """The salient-token matches of `body`, in order, as the wrapper's `finditer` would give them."""
+    if _TOKEN_SEARCH is None or _UNANCHORED is None or not body.isascii():
+        for match in _TOKEN.finditer(body.encode("ascii") if body.isascii() else body):
+            token = match.group(0)
+            yield token.decode("ascii") if isinstance(token, bytes) else token
+        return
+    data = body.encode("ascii")
+    end = len(data)
+    pos = 0
+    while True:
+        start, stop = _TOKEN_SEARCH(_UNANCHORED, data, pos, end)[0]
+        if start < 0:
+            return
+        yield body[start:stop]  # ASCII: byte offsets are character offsets
+        if pos == end:
+            return
+        # Every token holds a hint character, so a short tail without one holds no further token: skip the search.
+        if end - stop <= _TAIL_CHECK and _TOKEN_HINTS.isdisjoint(body[stop:]):
+            return
+        pos = pos + 1 if stop == pos else stop
+
+
+_Lookups = tuple[tuple[tuple[str, str], ...], bool]
+
+
+@text_cache
+def _default_values(text: str) -> _Lookups:
+    """`_values` under the default limits, remembered by text: agents pass the same paths, names and ids again."""
+    lookups, cut = _values(text, _DEFAULT_LIMITS)
+    return tuple(lookups), cut
 
 
 def _values(text: str, limits: ProvenanceLimits) -> tuple[list[tuple[str, str]], bool]:
@@ -248,13 +337,11 @@ def _values(text: str, limits: ProvenanceLimits) -> tuple[list[tuple[str, str]],
     whole = fold(body)
     if _meaningful(whole):
         found[whole] = "value"
-    data: str | bytes = body.encode("ascii") if body.isascii() else body  # bytes: no offset translation
-    for count, match in enumerate(_TOKEN.finditer(data)):
+    for count, token in enumerate(_tokens(body)):
         if count >= limits.max_tokens_per_string:
             cut = True
             break
-        token = match.group(0)
-        token = (token.decode("ascii") if isinstance(token, bytes) else token).lstrip(" \t\r\n\"'(=:,")
+        token = token.lstrip(" \t\r\n\"'(=:,")
         kind = _kind(token)
         key = _token_key(kind, token)
         # An account number is written with and without spaces ("GB82 WEST 1234 ..."): look up both.
@@ -271,7 +358,7 @@ def _display(value: TracedValue) -> str:
         text = text.split("?", 1)[0]
     if len(text) > 60:
         text = text[:57] + "..."
-    digits = sum(char.isdigit() for char in text)
+    digits = sum(map(str.isdigit, text))  # map: no Python-level generator per character
     if digits > 4:
         seen = 0
         masked = []
@@ -292,6 +379,7 @@ def _display(value: TracedValue) -> str:
 class _MessageView:
     folded: str
     injected: tuple[str, ...] = ()  # folded text of each injected span
+    confident: tuple[str, ...] = ()  # the same, for the spans scored at or above MEDIUM_SCORE
     clean: str = ""  # folded text outside the injected spans
     truncated: bool = False
 
@@ -350,22 +438,25 @@ def _message_view(content: str, untrusted: bool) -> _MessageView:
                 pieces.append(content[last : span.start])
                 last = span.end
             pieces.append(content[last:])
+            folded_spans = tuple(fold(content[span.start : span.end]) for span in spans)
             view = _MessageView(
                 fold(content),
-                tuple(fold(content[span.start : span.end]) for span in spans),
+                folded_spans,
+                tuple(text for text, span in zip(folded_spans, spans, strict=True) if span.score >= MEDIUM_SCORE),
                 f" {_SEPARATOR} ".join(fold(piece) for piece in pieces),
                 truncated,
             )
         else:
             folded = fold(content)
-            view = _MessageView(folded, (), folded, truncated)
+            view = _MessageView(folded, (), (), folded, truncated)
     _CACHE.put(key, view)
     return view
 
 
 def clear_cache() -> None:
-    """Forget cached message views (tests; a reload)."""
+    """Forget cached message views and argument lookups (tests; a reload)."""
     _CACHE.clear()
+    _default_values.cache_clear()  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -375,14 +466,16 @@ def trace(
     strings: Sequence[ExtractedString], context: CallContext, limits: ProvenanceLimits | None = None
 ) -> ProvenanceReport:
     """Trace every argument string of a call through the call's context. Never raises on any content."""
-    limits = limits or ProvenanceLimits()
+    limits = limits or _DEFAULT_LIMITS
     truncated = False
 
     trusted: list[str] = []
     untrusted: list[str] = []
     injected: list[str] = []
+    confident: list[str] = []
     data_clean: list[str] = []
     budget = limits.max_context_chars
+    cached = _CACHE.get  # the common case, a message seen on an earlier call, without a function call more
     for message in reversed(context.messages):  # newest first: the bound drops the oldest text
         content = message.content
         if not content:
@@ -395,17 +488,20 @@ def trace(
             truncated = True
         budget -= len(content)
         if message.role in TRUSTED_ROLES:  # = message.trust is TRUSTED, without a property call per message
-            trusted.append(_message_view(content, untrusted=False).folded)
+            view = cached((False, content)) or _message_view(content, untrusted=False)
+            trusted.append(view.folded)
             continue
-        view = _message_view(content, untrusted=True)
+        view = cached((True, content)) or _message_view(content, untrusted=True)
         truncated = truncated or view.truncated
         untrusted.append(view.folded)
         injected.extend(view.injected)
+        confident.extend(view.confident)
         if message.role in _DATA_ROLES:
             data_clean.append(view.clean)
     trusted_text = _SEPARATOR.join(trusted)
     untrusted_text = _SEPARATOR.join(untrusted)
     injected_text = _SEPARATOR.join(injected)
+    confident_text = _SEPARATOR.join(confident) if len(confident) < len(injected) else injected_text
     clean_text = _SEPARATOR.join(data_clean)
 
     by_path: dict[str, dict[str, TracedValue]] = {}
@@ -417,7 +513,7 @@ def trace(
             truncated = True
             break
         traced += 1
-        lookups, cut = _values(string.text, limits)
+        lookups, cut = _default_values(string.text) if limits is _DEFAULT_LIMITS else _values(string.text, limits)
         truncated = truncated or cut
         values = by_path.setdefault(string.path, {})
         for kind, key in lookups:
@@ -425,8 +521,9 @@ def trace(
                 continue
             in_injected = bool(injected_text) and _specific(kind, key) and key in injected_text
             outside = in_injected and key in clean_text
-            values[key] = TracedValue(
-                key, kind, string.chain, key in trusted_text, key in untrusted_text, in_injected, outside
+            weak = in_injected and key not in confident_text
+            values[key] = _traced_value(
+                key, kind, string.chain, key in trusted_text, key in untrusted_text, in_injected, outside, weak
             )
     traces = tuple(PathTrace(path, tuple(values.values())) for path, values in by_path.items())
     return ProvenanceReport(traces, truncated)

@@ -1,8 +1,7 @@
-"""Helpers shared by the benchmarks: loading the corpus, percentiles, and emptying the caches for cold runs."""
+"""Helpers shared by the benchmarks: loading the corpus, percentiles, and fresh copies of calls for uncached runs."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from aegis_proxy.check import parse_line
@@ -10,8 +9,10 @@ from aegis_proxy.models import CallContext, ToolCall
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "corpus"
 
+Call = tuple[ToolCall, CallContext]
 
-def load(path: Path) -> list[tuple[ToolCall, CallContext]]:
+
+def load(path: Path) -> list[Call]:
     return [parse_line(text)[1:] for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
 
 
@@ -20,16 +21,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def clear_caches() -> None:
-    """Empty every `functools` cache in aegis_proxy except compiled patterns (a per-process cost, paid at import).
+def freshen(calls: list[Call], tag: str) -> list[Call]:
+    """The calls with `tag` appended to every string value (keys and tool names unchanged).
 
-    A benchmark that replays the corpus hits every text-keyed cache after the first round; real traffic repeats tool
-    names, argument names and some values, but not most texts. Clearing before each call gives the pessimistic bound.
+    Replaying a corpus hits every text-keyed cache after the first round; real traffic repeats tool names, argument
+    names and some values, but not most texts. A fresh tag per round makes each value a text never seen before, so
+    the run measures the uncached path. The tag is lower-case letters (digits or capitals would send every string
+    to the base64/hex decoders), so the work per string barely changes.
     """
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("aegis_proxy") or module is None:
-            continue
-        for attribute in vars(module).values():
-            cached = callable(getattr(attribute, "cache_clear", None)) and getattr(attribute, "__module__", "") == name
-            if cached and attribute.__name__ != "compile_pattern":
-                attribute.cache_clear()
+    return [(call.model_copy(update={"arguments": _tagged(call.arguments, tag)}), context) for call, context in calls]
+
+
+def round_tag(round_: int, part: str = "") -> str:
+    """A lower-case tag, distinct for every round (and part): `qb`, `qbzs`."""
+    letters = ""
+    while True:
+        round_, digit = divmod(round_, 26)
+        letters = chr(ord("a") + digit) + letters
+        if not round_:
+            return f"q{letters}{part}"
+
+
+def _tagged(value: object, tag: str) -> object:
+    if isinstance(value, str):
+        return f"{value} {tag}"
+    if isinstance(value, dict):
+        return {key: _tagged(item, tag) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_tagged(item, tag) for item in value]
+    return value

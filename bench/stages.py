@@ -1,10 +1,10 @@
 """Per-stage latency of the pure pipeline over the test corpus: where a call's time goes.
 
-Usage: python bench/stages.py [--rounds 3] [--corpus tests/corpus] [--calls benign|attacks|all] [--cold]
+Usage: python bench/stages.py [--rounds 3] [--corpus tests/corpus] [--calls benign|attacks|all] [--fresh]
 Runs each stage of `Firewall.check` on its own (extract, targets, every default scanner, provenance) and then the whole
 `check`, per call, and prints p50 / mean / p99 per stage in microseconds. The stages do not add up to `check`: it also
-merges findings and builds the decision. Compare with bench/engine.py, which times `check` alone. `--cold` empties
-aegis_proxy's caches before every call (see bench/common.py), so each stage pays for its own cache misses.
+merges findings and builds the decision. Compare with bench/engine.py, which times `check` alone. `--fresh` tags every
+string value anew in each round (see bench/common.py), so text-keyed caches miss as they would on new traffic.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import CORPUS, clear_caches, load, percentile
+from common import CORPUS, freshen, load, percentile, round_tag
 
 from aegis_proxy.extract import extract
 from aegis_proxy.firewall import Firewall
@@ -25,12 +25,11 @@ from aegis_proxy.targets import build_targets
 
 
 def time_stages(
-    firewall: Firewall, call: ToolCall, context: CallContext, timings: dict[str, list[float]], cold: bool = False
+    firewall: Firewall, call: ToolCall, context: CallContext, timings: dict[str, list[float]], whole: ToolCall
 ) -> None:
-    """Run every stage once on `call`, appending each stage's seconds to `timings[stage]`."""
+    """Run every stage once on `call`, then `check` on `whole` (the same call, or a fresh copy of it), appending
+    each stage's seconds to `timings[stage]`."""
     clock = time.perf_counter
-    if cold:
-        clear_caches()
     started = clock()
     extraction = extract(call.arguments, firewall.limits)
     timings["extract"].append(clock() - started)
@@ -44,10 +43,8 @@ def time_stages(
     started = clock()
     trace(extraction.strings, context).findings()
     timings["provenance"].append(clock() - started)
-    if cold:
-        clear_caches()
     started = clock()
-    firewall.check(call, context)
+    firewall.check(whole, context)
     timings["check"].append(clock() - started)
 
 
@@ -56,19 +53,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--calls", choices=("benign", "attacks", "all"), default="benign")
-    parser.add_argument("--cold", action="store_true", help="empty aegis_proxy's caches before every call")
+    parser.add_argument("--fresh", action="store_true", help="a new tag on every string value in each round")
     args = parser.parse_args()
     files = {"benign": ["benign.jsonl"], "attacks": ["attacks.jsonl"], "all": ["benign.jsonl", "attacks.jsonl"]}
     calls = [call for name in files[args.calls] for call in load(args.corpus / name)]
     firewall = Firewall()
     warm: dict[str, list[float]] = defaultdict(list)
     for call, context in calls:  # warm caches (compiled patterns, lru caches) before timing
-        time_stages(firewall, call, context, warm)
+        time_stages(firewall, call, context, warm, call)
     timings: dict[str, list[float]] = defaultdict(list)
-    for _ in range(args.rounds):
-        for call, context in calls:
-            time_stages(firewall, call, context, timings, args.cold)
-    print(f"{args.calls} calls: {len(calls)} x {args.rounds} rounds{' (cold caches)' if args.cold else ''}")
+    for round_ in range(args.rounds):
+        # With --fresh, `check` gets its own tag: it must not find the texts the stages just cached.
+        staged = freshen(calls, round_tag(round_, "zs")) if args.fresh else calls
+        whole = freshen(calls, round_tag(round_, "zc")) if args.fresh else calls
+        for (call, context), (check_call, _) in zip(staged, whole, strict=True):
+            time_stages(firewall, call, context, timings, check_call)
+    print(f"{args.calls} calls: {len(calls)} x {args.rounds} rounds{' (fresh values)' if args.fresh else ''}")
     print(f"{'stage':<12} {'p50 us':>8} {'mean us':>8} {'p99 us':>8}")
     for stage, seconds in timings.items():
         micros = [s * 1e6 for s in seconds]

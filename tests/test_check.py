@@ -13,7 +13,7 @@ from aegis_proxy.models import Role
 
 
 def run(lines: list[str]) -> tuple[list[dict], CheckRun]:
-    checker = CheckRun(Firewall())
+    checker = CheckRun(Firewall())  # the built-in severity table: these tests are about the line format
     return list(checker.results(lines)), checker
 
 
@@ -24,8 +24,18 @@ def line(**fields: object) -> str:
 def test_a_full_line_round_trips() -> None:
     results, checker = run([line(context={"user_request": "list files", "agent_id": "a", "session_id": "s"})])
     assert results == [
-        {"id": "c1", "effect": "allow", "risk": results[0]["risk"], "rules": ["builtin.allow"], "findings": [],
-         "reasons": results[0]["reasons"], "message": ""}
+        {
+            "id": "c1",
+            "effect": "allow",
+            "risk": results[0]["risk"],
+            "rules": ["builtin.allow"],
+            "findings": [],
+            "reasons": results[0]["reasons"],
+            "message": "",
+            "flagged": False,
+            "terminate": False,
+            "policy_digest": "",
+        }
     ]
     assert 0.0 <= results[0]["risk"] <= 1.0
     assert (checker.judged, checker.errors) == (1, 0)

@@ -57,8 +57,14 @@ def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_check_reads_stdin_through_the_console_script() -> None:
     line = json.dumps({"id": "x", "tool": "bash", "arguments": {"command": "rm -rf --no-preserve-root /"}})
-    proc = subprocess.run([sys.executable, "-m", "aegis_proxy.cli", "check"], input=line, capture_output=True,
-                          text=True, check=False, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aegis_proxy.cli", "check"],
+        input=line,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["effect"] == "deny"
 

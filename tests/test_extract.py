@@ -454,23 +454,12 @@ def test_tolerates_non_json_python_values() -> None:
     assert [(item.path, item.text) for item in result.strings] == [("args", "1"), ('args["1"][0]', "a"), ("args", "s")]
 
 
-# --- speed -----------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "arguments",
-    [
-        {"command": "ls -la /tmp", "cwd": "/home/user/project", "timeout": 30},
-        {"query": "how to delete a git branch", "max_results": 5},
-        {"path": "src/App.tsx", "content": "export default function App() { return null; }"},
-    ],
-    ids=["shell", "search", "write-file"],
-)
-def test_typical_call_is_fast(arguments: dict[str, object]) -> None:
-    extract(arguments)
-    rounds = 2000
-    start = time.perf_counter()
-    for _ in range(rounds):
-        extract(arguments)
-    per_call = (time.perf_counter() - start) / rounds
-    assert per_call < 500e-6  # generous for slow CI; measured ~30-60 µs on a busy 2-core box
+@pytest.mark.parametrize("max_fragments", [0, 1, 2, 3, 5, 100], ids=lambda n: f"budget-{n}")
+def test_remembered_decodings_charge_the_budget_like_a_first_decoding(max_fragments: int) -> None:
+    # Short texts are decoded once and remembered; a later call must charge (and run out of) its own budget alike.
+    arguments = {"a": "run cm0gLXJmIC8= then 726d202d7266202f %41%42", "b": ["x cm0gLXJmIC8= y", "%41 &amp; \\x41"]}
+    limits = ExtractionLimits(max_fragments=max_fragments)
+    first = extract(arguments, limits)
+    again = extract(arguments, limits)
+    assert (again.strings, again.findings) == (first.strings, first.findings)
+    assert bool(first.findings) is (max_fragments < 100)

@@ -45,14 +45,25 @@ def test_severity_orders() -> None:
 
 
 def test_finding_where_joins_the_chain() -> None:
-    f = Finding(scanner="shell", category="shell.destructive", severity=Severity.HIGH, path="args.cmd",
-                chain=("base64", "shell"), message="m")
+    f = Finding(
+        scanner="shell",
+        category="shell.destructive",
+        severity=Severity.HIGH,
+        path="args.cmd",
+        chain=("base64", "shell"),
+        message="m",
+    )
     assert f.where == "args.cmd -> base64 -> shell"
     assert f.summary()["severity"] == "high"
 
 
 def test_user_request_is_the_last_user_message() -> None:
-    ctx = CallContext(messages=(Message(role=Role.USER, content="first"), Message(role=Role.TOOL, content="x"),
-                                Message(role=Role.USER, content="second")))
+    ctx = CallContext(
+        messages=(
+            Message(role=Role.USER, content="first"),
+            Message(role=Role.TOOL, content="x"),
+            Message(role=Role.USER, content="second"),
+        )
+    )
     assert ctx.user_request == "second"
     assert CallContext().user_request == ""

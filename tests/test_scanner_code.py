@@ -410,34 +410,3 @@ CODE_ALPHABET = st.sampled_from(
 def test_never_raises_on_code_shaped_text(text: str) -> None:
     for hit in analyze_code(text):
         assert hit.category in CodeScanner.categories and hit.message
-
-
-def test_per_call_time_on_typical_arguments() -> None:
-    source = (
-        "import json\nimport subprocess\n\n\ndef main(path: str) -> int:\n"
-        '    """Load the config and run the linter."""\n'
-        "    with open(path) as f:\n        cfg = json.load(f)\n"
-        '    return subprocess.run(["ruff", "check", cfg["src"]], check=False).returncode\n'
-    ) * 3
-    calls = [
-        (
-            ToolCall(id="t", tool="write_file", arguments={}),
-            [_target("src/lint.py", "args.path"), _target(source, "args.content")],
-        ),
-        (ToolCall(id="t", tool="send_email", arguments={}), [_target("Hi, the build is green.", "args.body")]),
-        (
-            ToolCall(id="t", tool="bash", arguments={}),
-            [
-                _target(
-                    "git status", "args.command", exec_position=True, commands=[ShellCommand(argv=("git", "status"))]
-                )
-            ],
-        ),
-    ]
-    scanner, rounds = CodeScanner(), 200
-    started = time.perf_counter()
-    for _ in range(rounds):
-        for call, targets in calls:
-            list(scanner.scan(call, targets, ScanSettings()))
-    per_call_ms = (time.perf_counter() - started) / (rounds * len(calls)) * 1000
-    assert per_call_ms < 1.0, f"{per_call_ms:.3f} ms per call"

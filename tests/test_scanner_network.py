@@ -431,26 +431,3 @@ def test_bounded_time_on_a_huge_string() -> None:
     for tool in ("fetch", "run_shell", "send_email"):
         SCANNER.scan(ToolCall(id="h", tool=tool), [ScanTarget("args.body", huge, exec_position=True)], SETTINGS)
     assert time.perf_counter() - start < 5.0
-
-
-def test_typical_call_is_fast() -> None:
-    calls = [
-        (ToolCall(id="t", tool="fetch"), [ScanTarget("args.url", "https://docs.python.org/3/library/ipaddress.html")]),
-        (
-            ToolCall(id="t", tool="send_email"),
-            [ScanTarget("args.to", "bob@example.com"), ScanTarget("args.body", "Hi Bob, see you at 10. Thanks!")],
-        ),
-        (
-            ToolCall(id="t", tool="run_shell"),
-            [ScanTarget("args.command", "x", exec_position=True, commands=(cmd("git", "status", "--short"),))],
-        ),
-    ]
-    for call, targets in calls * 100:  # warm caches
-        SCANNER.scan(call, targets, SETTINGS)
-    rounds = 1000
-    start = time.perf_counter()
-    for _ in range(rounds):
-        for call, targets in calls:
-            SCANNER.scan(call, targets, SETTINGS)
-    per_call_ms = (time.perf_counter() - start) / (rounds * len(calls)) * 1000
-    assert per_call_ms < 0.5, per_call_ms  # ~0.02 ms measured on the 2-core dev box; loose to stay unflaky

@@ -414,18 +414,3 @@ def test_bounded_time_on_a_huge_string() -> None:
     SCANNER.scan(ToolCall(id="h", tool="run_python"), [ScanTarget("args.code", huge, exec_position=True)], SETTINGS)
     SCANNER.scan(ToolCall(id="h", tool="write_file"), [ScanTarget("args.path", huge)], SETTINGS)
     assert time.perf_counter() - start < 5.0
-
-
-def test_typical_call_is_fast() -> None:
-    call = ToolCall(id="t", tool="write_file", arguments={})
-    targets = [ScanTarget("args.path", "src/app/models.py"), ScanTarget("args.content", "import os\n" * 40)]
-    shell = [ScanTarget("args.command", "x", exec_position=True, commands=(cmd("git", "status", "--short"),))]
-    for _ in range(200):  # warm caches
-        SCANNER.scan(call, targets, WORKSPACE)
-    rounds = 2000
-    start = time.perf_counter()
-    for _ in range(rounds):
-        SCANNER.scan(call, targets, WORKSPACE)
-        SCANNER.scan(call, shell, WORKSPACE)
-    per_call_ms = (time.perf_counter() - start) / (2 * rounds) * 1000
-    assert per_call_ms < 0.5, per_call_ms  # ~0.02 ms measured on the 2-core dev box; loose to stay unflaky

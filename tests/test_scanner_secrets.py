@@ -604,20 +604,3 @@ def test_generated_mixtures_redact_every_token(tokens: list[str], separator: str
     for token in tokens:
         assert token not in redacted
     assert redacted.startswith("start ") and redacted.endswith(" end")
-
-
-def test_per_call_time_on_typical_arguments() -> None:
-    samples = [
-        "git status --short",
-        "/home/dev/project/src/app/main.py",
-        "Please summarise the attached report and send it to the team by Friday.",
-        f"export GITHUB_TOKEN={GHP} && gh pr list",
-        json.dumps({"path": "src/app.py", "content": "import os\nprint(os.getcwd())\n" * 20}),
-    ]
-    rounds = 200
-    started = time.perf_counter()
-    for _ in range(rounds):
-        for sample in samples:
-            redact(sample)
-    per_call_ms = (time.perf_counter() - started) / (rounds * len(samples)) * 1000
-    assert per_call_ms < 1.0, f"redact() took {per_call_ms:.3f} ms per call"

