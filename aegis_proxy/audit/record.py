@@ -1,0 +1,309 @@
+"""Audit records: the body schema, its RFC 8785 canonical bytes, the leaf hash and the Ed25519 record signature.
+
+The body bytes are the source of truth (audit/FORMAT.md). `parse_body` accepts only bytes that are exactly what
+`canonical_body` would produce, so one record has exactly one byte representation and one leaf hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aegis_proxy.audit.errors import AuditError, VerificationError
+from aegis_proxy.audit.keys import TrustedKey, key_id
+from aegis_proxy.audit.merkle import leaf_hash  # one RFC 6962 leaf hash for the chain and the tree
+
+FORMAT_VERSION = 1
+RECORD_DOMAIN = b"aegis-proxy/audit/v1 record\n"
+ZERO_HASH = "0" * 64
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_BODY_BYTES = 1 << 20  # bounds parsing work on hostile input; real bodies are a few hundred bytes
+SIGNATURE_BYTES = 64
+PPM = 1_000_000
+
+RecordType = Literal["decision", "approval", "timeout", "policy_reload", "key_rotation"]
+EffectName = Literal["allow", "deny", "ask"]
+SeverityName = Literal["info", "low", "medium", "high", "critical"]
+
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Hex128 = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+SafeUInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+# Identifiers: printable, no control characters (they end up in terminals and log lines).
+Label = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Text = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Origin = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
+_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$"  # not \d: Unicode digits
+
+
+class _Strict(BaseModel):
+    # strict: "5" is not a seq and 1.0 is not an int; frozen: a record never changes once built.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class FindingSummary(_Strict):
+    """What a scanner found, without the matched text (which may be a secret)."""
+
+    category: Label
+    severity: SeverityName
+    path: Text
+
+
+class RotationInfo(_Strict):
+    """Payload of a `key_rotation` record: the new key and its countersignature (see keys.countersign)."""
+
+    new_key_id: Hex32
+    new_public_key: Hex64
+    countersignature: Hex128
+
+
+class RecordBody(_Strict):
+    """One audit record. Every field is required on the wire (null where it does not apply)."""
+
+    v: Literal[1] = FORMAT_VERSION
+    origin: Origin
+    seq: SafeUInt
+    prev: Hex64
+    type: RecordType
+    time: Annotated[str, Field(pattern=_TIME_PATTERN)]
+    replica: Label
+    request_id: Label | None = None
+    session_id: Label | None = None
+    agent_id: Label | None = None
+    tool: Label | None = None
+    args_commit: Hex64 | None = None
+    decision: EffectName | None = None
+    rules: tuple[Label, ...] = ()
+    policy_digest: Hex64 | None = None
+    findings: tuple[FindingSummary, ...] = ()
+    # Risk scores in parts per million (0..1_000_000): JCS serialises floats with ECMAScript's shortest round-trip
+    # algorithm, which other languages reproduce unevenly; integers have one spelling everywhere.
+    scores: dict[Label, Annotated[int, Field(ge=0, le=PPM)]] = Field(default_factory=dict)
+    approver: Label | None = None
+    ref_seq: SafeUInt | None = None
+    latency_us: SafeUInt = 0
+    key_id: Hex32
+    rotation: RotationInfo | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RecordBody:
+        if self.seq == 0 and self.prev != ZERO_HASH:
+            raise ValueError("seq 0 must have prev = 64 zeros")
+        try:  # the pattern fixes the shape; this rejects impossible dates such as 2026-02-30
+            dt.datetime.strptime(self.time, "%Y-%m-%dT%H:%M:%S.%fZ")
+        except ValueError as error:
+            raise ValueError(f"time is not a valid RFC 3339 UTC timestamp: {self.time!r}") from error
+        if (self.type == "key_rotation") != (self.rotation is not None):
+            raise ValueError("rotation is required on key_rotation records and forbidden on others")
+        if self.type in ("approval", "timeout") and self.ref_seq is None:
+            raise ValueError(f"{self.type} records must name the ask record in ref_seq")
+        if self.ref_seq is not None and self.ref_seq >= self.seq:
+            raise ValueError("ref_seq must point to an earlier record")
+        if self.type == "decision" and (self.decision is None or self.args_commit is None):
+            raise ValueError("decision records need decision and args_commit")
+        return self
+
+
+class SignedRecord(BaseModel):
+    """A body as stored: its exact bytes, their leaf hash, and the signature over the domain-separated leaf hash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    body_bytes: bytes
+    leaf_hash: bytes
+    key_id: str
+    signature: bytes
+
+
+def format_time(moment: dt.datetime) -> str:
+    """RFC 3339 in UTC with exactly six fractional digits, e.g. 2026-11-29T10:26:51.000123Z."""
+    if moment.tzinfo is None:
+        raise AuditError("audit timestamps must be timezone-aware", hint="pass datetime.now(datetime.UTC)")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def score_ppm(score: float) -> int:
+    """Convert a 0..1 risk score to integer parts per million (clamped), the only form scores take in a body."""
+    if score != score:  # NaN
+        raise AuditError("risk score is NaN", hint="scanners must produce scores in 0..1")
+    return max(0, min(PPM, round(score * PPM)))
+
+
+def _jcs(value: Any) -> bytes:
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as error:
+        raise AuditError(
+            f"value cannot be canonicalised: {error}", hint="no floats, NaN or integers beyond 2^53"
+        ) from error
+
+
+def _json_compatible(value: Any) -> bool:
+    """True when json.dumps(sort_keys, compact, ensure_ascii=False) is byte-identical to RFC 8785 for `value`.
+
+    That holds without floats (JCS's number formatting) and with ASCII object keys (JCS sorts keys by UTF-16 code
+    units, Python by code points; they differ only beyond U+E000). Python escapes exactly what JCS escapes.
+    """
+    if isinstance(value, dict):
+        return all(key.isascii() and _json_compatible(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return all(_json_compatible(item) for item in value)
+    if isinstance(value, int):
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    return value is None or isinstance(value, str)
+
+
+def _canonical_json(value: Any) -> bytes:
+    """RFC 8785 bytes; a fast path for the float-free values bodies hold (rfc8785 is pure Python, ~10x slower)."""
+    if _json_compatible(value):
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogate: let rfc8785 refuse it
+            pass
+    return rfc8785.dumps(value)
+
+
+def canonical_body(body: RecordBody) -> bytes:
+    """The RFC 8785 bytes of the body: every field present, tuples as arrays."""
+    try:
+        return _canonical_json(body.model_dump(mode="json"))
+    except rfc8785.CanonicalizationError as error:
+        raise AuditError(f"body cannot be canonicalised: {error}", hint="check the field values") from error
+
+
+def args_commitment(nonce: bytes, arguments: Any) -> str:
+    """Hex SHA-256 over nonce || JCS(arguments). The nonce (>= 16 bytes) stops guessing low-entropy arguments."""
+    if len(nonce) < 16:
+        raise AuditError("argument nonce is shorter than 16 bytes", hint="use secrets.token_bytes(32)")
+    return hashlib.sha256(nonce + _jcs(arguments)).hexdigest()
+
+
+def signing_message(leaf: bytes) -> bytes:
+    """What a record signature covers: a domain prefix, so no other aegis signature can be replayed as a record's."""
+    return RECORD_DOMAIN + leaf
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _reject_float(text: str) -> Any:
+    raise ValueError(f"non-integer number {text} (bodies hold integers only)")
+
+
+def _check_int(text: str) -> int:
+    number = int(text)
+    if abs(number) > MAX_SAFE_INTEGER:
+        raise ValueError(f"integer {text[:30]} is outside ±(2^53-1)")
+    return number
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        result[key] = value
+    return result
+
+
+_FIELDS = frozenset(RecordBody.model_fields)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_body(data: bytes) -> RecordBody:
+    """Parse body bytes, accepting only the exact canonical form. Raises VerificationError saying why."""
+    if len(data) > MAX_BODY_BYTES:
+        raise VerificationError(f"body not canonical: {len(data)} bytes exceeds {MAX_BODY_BYTES}")
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_reject_float,
+            parse_int=_check_int,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise VerificationError(f"body not canonical: {_CONTROL.sub('?', str(error))[:200]}") from error
+    if not isinstance(value, dict):
+        raise VerificationError("body not canonical: not a JSON object")
+    missing, extra = _FIELDS - value.keys(), value.keys() - _FIELDS
+    if missing or extra:
+        message = f"body fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)[:10]}"
+        raise VerificationError(_CONTROL.sub("?", message)[:300])
+    try:
+        recanonical = _canonical_json(value)
+    except (rfc8785.CanonicalizationError, RecursionError) as error:  # e.g. a lone surrogate escape
+        raise VerificationError(f"body not canonical: {str(error)[:200]}") from error
+    if recanonical != data:
+        raise VerificationError("body not canonical: bytes differ from their RFC 8785 re-serialisation")
+    try:
+        body = RecordBody.model_validate_json(data)  # JSON mode: arrays are tuples, strings may be Literals
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise VerificationError(f"body invalid: {where}: {first['msg']}"[:300]) from error
+    if body.model_dump(mode="json") != value:  # the schema must not normalise anything away
+        raise VerificationError("body not canonical: schema round-trip changed the bytes", index=body.seq)
+    return body
+
+
+def sign_record(body: RecordBody, key: Ed25519PrivateKey) -> SignedRecord:
+    """Serialise, hash and sign a body. The body must name the signing key's id."""
+    signer = key_id(key.public_key())
+    if body.key_id != signer:
+        raise AuditError(f"body names key {body.key_id} but is signed with {signer}", hint="set key_id from the key")
+    data = canonical_body(body)
+    leaf = leaf_hash(data)
+    return SignedRecord(body_bytes=data, leaf_hash=leaf, key_id=signer, signature=key.sign(signing_message(leaf)))
+
+
+# Messages aegis signs for other purposes; a record signature over one of these means a cross-domain replay.
+_OTHER_DOMAINS: tuple[tuple[str, bytes], ...] = (("bare leaf hash, without the record domain prefix", b""),)
+
+
+def verify_record(signed: SignedRecord, trusted_keys: Mapping[str, TrustedKey]) -> RecordBody:
+    """Check one record against the trusted keys and return its body; VerificationError names what failed.
+
+    Does not check chain links (prev, seq order) — that needs the neighbouring records.
+    """
+    trusted = trusted_keys.get(signed.key_id)
+    if trusted is None:
+        raise VerificationError(
+            f"unknown key id {signed.key_id[:64]!r}", hint="add the key to the trusted-keys file if it is yours"
+        )
+    if len(signed.signature) != SIGNATURE_BYTES:
+        raise VerificationError(f"malformed signature: {len(signed.signature)} bytes, expected {SIGNATURE_BYTES}")
+    body = parse_body(signed.body_bytes)
+    leaf = leaf_hash(signed.body_bytes)
+    if signed.leaf_hash != leaf:
+        raise VerificationError("leaf hash mismatch: stored hash is not SHA-256(0x00 || body)", index=body.seq)
+    if body.key_id != signed.key_id:
+        raise VerificationError(
+            f"key id mismatch: body says {body.key_id}, record says {signed.key_id}", index=body.seq
+        )
+    if not trusted.covers(body.seq):
+        raise VerificationError(
+            f"key {trusted.key_id} is not valid at seq {body.seq} (valid {trusted.range_text()})", index=body.seq
+        )
+    try:
+        trusted.public_key.verify(signed.signature, signing_message(leaf))
+    except InvalidSignature:
+        for name, prefix in _OTHER_DOMAINS:
+            try:
+                trusted.public_key.verify(signed.signature, prefix + leaf)
+            except InvalidSignature:
+                continue
+            raise VerificationError(f"wrong domain: signature is over the {name}", index=body.seq) from None
+        raise VerificationError("bad signature", index=body.seq) from None
+    return body
