@@ -238,6 +238,190 @@ POLICY_COMMANDS: tuple[Command, ...] = (
     ),
 )
 
+# --------------------------------------------------------------------------------------------------------------------
+# aegis audit ... / aegis keys ...: argument parsing and printing; the work is in aegis_proxy.audit.commands
+
+
+def _add_group(p: argparse.ArgumentParser, commands: tuple[Command, ...]) -> None:
+    p.set_defaults(group_parser=p)
+    sub = p.add_subparsers(dest="group_command", metavar="SUBCOMMAND")
+    for name, summary, example, add_args, handler in commands:
+        q = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog="Example:\n" + example,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_args(q)
+        q.set_defaults(group_handler=handler)
+
+
+def _cmd_group(args: argparse.Namespace) -> int:
+    handler = getattr(args, "group_handler", None)
+    if handler is None:
+        args.group_parser.print_help()
+        return EXIT_USAGE
+    return int(handler(args))
+
+
+def _args_audit(p: argparse.ArgumentParser) -> None:
+    _add_group(p, AUDIT_COMMANDS)
+
+
+def _args_keys(p: argparse.ArgumentParser) -> None:
+    _add_group(p, KEYS_COMMANDS)
+
+
+def _args_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, metavar="URL", help="SQLAlchemy URL of the audit database")
+    p.add_argument("--origin", required=True, metavar="NAME", help="the log's origin (its identity)")
+
+
+def _args_audit_verify(p: argparse.ArgumentParser) -> None:
+    _args_log(p)
+    p.add_argument("--trusted-keys", required=True, metavar="FILE", help="trusted public keys (.toml or .json)")
+
+
+def _args_audit_list(p: argparse.ArgumentParser) -> None:
+    _args_log(p)
+    p.add_argument("--tool", metavar="T", help="only calls of this tool")
+    p.add_argument("--effect", metavar="E", choices=("allow", "deny", "ask"), help="only this decision")
+    p.add_argument("--agent", metavar="A", help="only this agent id")
+    p.add_argument("--session", metavar="S", help="only this session id")
+    p.add_argument("--since", metavar="RFC3339", help="records at or after this time, e.g. 2026-11-29T10:00:00Z")
+    p.add_argument("--until", metavar="RFC3339", help="records at or before this time")
+    p.add_argument("--limit", metavar="N", type=int, help="only the N most recent matching records")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+
+def _args_audit_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("seq", type=int, metavar="SEQ", help="the record's seq")
+    _args_log(p)
+    p.add_argument("--trusted-keys", metavar="FILE", help="also check the record's signature against these keys")
+
+
+def _args_keys_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="the new key file (created 0600; never overwritten)")
+    p.add_argument("--first-seq", type=int, default=0, metavar="N", help="first seq it signs (for the trust entry)")
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from aegis_proxy.audit.commands import VERIFY_STEPS, verify_log
+
+    report = verify_log(args.db, args.origin, args.trusted_keys)
+    print(f"verifying log {report.origin!r} against {args.trusted_keys}")
+    failure = report.failure
+    for number, step in enumerate(VERIFY_STEPS, start=1):
+        if failure is not None and (failure.step is None or failure.step <= number):
+            break
+        print(f"  {number}. {step}: OK")
+    if failure is not None:
+        label = f"  {failure.step}. {VERIFY_STEPS[failure.step - 1]}" if failure.step else "  verification"
+        where = "" if failure.seq is None else f" at seq {failure.seq}"
+        print(f"{label}: FAILED{where}: {failure.message}")
+        print(f"{_plural(report.records, 'record')} verified before the failure; hint: {failure.hint}")
+        return EXIT_SOME_ERRORS
+    print(f"OK: {_plural(report.records, 'record')} verified (seq 0..{report.records - 1})")
+    if report.records:  # never silently OK: nothing outside this database vouches for the log's length yet
+        print(f"unanchored: all {report.records} are after the last exported checkpoint (none was given)")
+    return EXIT_OK
+
+
+def _cmd_audit_list(args: argparse.Namespace) -> int:
+    from aegis_proxy.audit.commands import RecordFilter, list_records, summary_columns
+
+    record_filter = RecordFilter(
+        tool=args.tool,
+        effect=args.effect,
+        agent=args.agent,
+        session=args.session,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
+    summaries = list_records(args.db, args.origin, record_filter)
+    if args.json:
+        for summary in summaries:
+            sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        return EXIT_OK
+    rows = [summary_columns(s) for s in summaries]
+    headers = ("seq", "time", "type", "effect", "tool", "agent", "session")
+    widths = {h: max([len(h), *(len(r[h]) for r in rows)]) for h in headers}
+    print("  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip())
+    for row in rows:
+        print("  ".join(row[h].ljust(widths[h]) for h in headers).rstrip())
+    print(f"({_plural(len(rows), 'record')}; columns are unverified copies, `aegis audit verify` checks them)")
+    return EXIT_OK
+
+
+def _cmd_audit_show(args: argparse.Namespace) -> int:
+    from aegis_proxy.audit.commands import printable, show_record
+
+    detail = show_record(args.db, args.origin, args.seq, args.trusted_keys)
+    if detail.body is None:
+        print(f"body: not JSON ({len(detail.body_bytes)} bytes): {printable(repr(detail.body_bytes[:200]))}")
+    else:
+        print(json.dumps(detail.body, indent=2, sort_keys=True, ensure_ascii=True))
+    print(f"leaf hash: {detail.stored_leaf_hash.hex()}")
+    if detail.computed_leaf_hash != detail.stored_leaf_hash:
+        print(f"  MISMATCH: SHA-256(0x00 || body) is {detail.computed_leaf_hash.hex()}")
+    print(f"key id: {printable(detail.key_id)}")
+    if detail.signature_check is None:
+        print("signature: not checked (give --trusted-keys)")
+        return EXIT_OK
+    print(f"signature: {printable(detail.signature_check)} (this record alone; `aegis audit verify` checks the chain)")
+    return EXIT_OK if detail.signature_ok else EXIT_SOME_ERRORS
+
+
+def _cmd_keys_generate(args: argparse.Namespace) -> int:
+    from aegis_proxy.audit.commands import generate_key_file
+
+    generated = generate_key_file(args.path, args.first_seq)
+    print(f"wrote {generated.path} (mode 0600); key id {generated.key_id}")
+    print("add this entry to the verifiers' trusted-keys file (.toml):\n")
+    print(generated.trust_entry(), end="")
+    return EXIT_OK
+
+
+AUDIT_COMMANDS: tuple[Command, ...] = (
+    (
+        "verify",
+        "Verify the whole audit log: signatures, hash chain, indexed columns, head; print numbered steps.",
+        "  aegis audit verify --db sqlite:///audit.db --origin proxy.example/prod --trusted-keys trusted.toml\n"
+        "Exit status: 0 verified, 1 the log does not verify (the seq and the failed step are printed), 2 bad usage.",
+        _args_audit_verify,
+        _cmd_audit_verify,
+    ),
+    (
+        "list",
+        "List audit records, filtered by tool, effect, agent, session and time; a table, or JSON lines.",
+        "  aegis audit list --db sqlite:///audit.db --origin proxy.example/prod --effect deny "
+        "--since 2026-11-29T00:00:00Z --limit 20\n"
+        "  aegis audit list --db sqlite:///audit.db --origin proxy.example/prod --tool shell --json",
+        _args_audit_list,
+        _cmd_audit_list,
+    ),
+    (
+        "show",
+        "Show one record: its body, leaf hash and key id, and whether its signature verifies.",
+        "  aegis audit show 42 --db sqlite:///audit.db --origin proxy.example/prod --trusted-keys trusted.toml\n"
+        "Exit status: 0 shown (and verified, with --trusted-keys), 1 the record does not verify, 2 bad usage.",
+        _args_audit_show,
+        _cmd_audit_show,
+    ),
+)
+
+KEYS_COMMANDS: tuple[Command, ...] = (
+    (
+        "generate",
+        "Create an Ed25519 audit signing key file (mode 0600, never overwritten); print its trusted-keys entry.",
+        "  aegis keys generate /etc/aegis/audit-key.pem",
+        _args_keys_generate,
+        _cmd_keys_generate,
+    ),
+)
+
 COMMANDS: tuple[Command, ...] = (
     (
         "check",
@@ -263,6 +447,22 @@ COMMANDS: tuple[Command, ...] = (
         "  aegis policy explain --policy policies/default.aegis case.json",
         _args_policy,
         _cmd_policy,
+    ),
+    (
+        "audit",
+        "Work with the tamper-evident audit log: verify it, list and show records.",
+        "  aegis audit verify --db sqlite:///audit.db --origin proxy.example/prod --trusted-keys trusted.toml\n"
+        "  aegis audit list --db sqlite:///audit.db --origin proxy.example/prod --effect deny --json\n"
+        "  aegis audit show 42 --db sqlite:///audit.db --origin proxy.example/prod",
+        _args_audit,
+        _cmd_group,
+    ),
+    (
+        "keys",
+        "Manage audit signing keys.",
+        "  aegis keys generate /etc/aegis/audit-key.pem",
+        _args_keys,
+        _cmd_group,
     ),
 )
 

@@ -268,25 +268,40 @@ class AuditStore:
             row = conn.execute(
                 select(audit_head.c.seq, audit_head.c.leaf_hash).where(audit_head.c.origin == self.origin)
             ).first()
-        return (_EMPTY_HEAD_SEQ, _ZERO_LEAF) if row is None else (row.seq, bytes(row.leaf_hash))
+        return (_EMPTY_HEAD_SEQ, _ZERO_LEAF) if row is None else (row.seq, column_bytes(row.leaf_hash))
 
     def iter_records(self) -> Iterator[StoredRecord]:
         """All records of this origin in seq order, streamed."""
         query = select(audit_records).where(audit_records.c.origin == self.origin).order_by(audit_records.c.seq)
         with self.engine.connect().execution_options(**{_READ_ONLY: True}) as conn:
             for row in conn.execution_options(yield_per=1000).execute(query):
-                yield StoredRecord(
-                    origin=row.origin,
-                    seq=row.seq,
-                    record=SignedRecord(
-                        body_bytes=bytes(row.body),
-                        leaf_hash=bytes(row.leaf_hash),
-                        key_id=row.key_id,
-                        signature=bytes(row.signature),
-                    ),
-                    prev_hash=bytes(row.prev_hash),
-                    columns={name: getattr(row, name) for name in _INDEXED},
-                )
+                yield stored_record(row)
+
+
+def column_bytes(value: Any) -> bytes:
+    """A binary column as bytes. psycopg2 returns memoryview; a row edited with the sqlite3 shell may hold TEXT or
+    INTEGER, which must fail verification, not crash it (bytes(64) would even be 64 zero bytes)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return repr(value).encode()
+
+
+def stored_record(row: Any) -> StoredRecord:
+    """One `audit_records` row as read, whatever a tamperer left in its columns."""
+    return StoredRecord(
+        origin=str(row.origin),
+        seq=row.seq,
+        record=SignedRecord(
+            body_bytes=column_bytes(row.body),
+            leaf_hash=column_bytes(row.leaf_hash),
+            key_id=str(row.key_id),
+            signature=column_bytes(row.signature),
+        ),
+        prev_hash=column_bytes(row.prev_hash),
+        columns={name: getattr(row, name) for name in _INDEXED},
+    )
 
 
 def verify_chain(source: AuditStore | Iterable[StoredRecord], trusted_keys: Mapping[str, TrustedKey]) -> None:
