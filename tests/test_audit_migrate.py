@@ -1,0 +1,195 @@
+"""Audit schema migrations: upgrade on SQLite and PostgreSQL, idempotence, and no drift from store.metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aegis_proxy.audit import migrate
+from aegis_proxy.audit.errors import AuditError
+from aegis_proxy.audit.keys import TrustedKey, key_id
+from aegis_proxy.audit.store import AppendEntry, AuditStore, metadata, verify_chain
+
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments"}
+AUDIT_INDEXES = {"ix_audit_records_time", "ix_audit_records_tool", "ix_audit_records_agent", "ix_audit_records_session"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+    else:
+        with pg_schema_url() as url:
+            yield url
+
+
+@contextlib.contextmanager
+def pg_schema_url() -> Iterator[str]:
+    # A fresh schema per test, made the connection's default through search_path, so tests never see each other.
+    schema = f"mig_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable (these tests must run on it): {error}")
+    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def inspect_db(url: str) -> tuple[set[str], set[str]]:
+    """(table names, index names of audit_records) in the connection's default schema."""
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        tables = set(inspector.get_table_names())
+        if "audit_records" not in tables:
+            return tables, set()
+        # PostgreSQL also lists the unique constraint's own index; only the declared indexes count here.
+        indexes = {ix["name"] for ix in inspector.get_indexes("audit_records") if not ix.get("duplicates_constraint")}
+        uniques = {(uc["name"], tuple(uc["column_names"])) for uc in inspector.get_unique_constraints("audit_records")}
+        assert uniques == {("uq_audit_records_prev", ("origin", "prev_hash"))}
+        return tables, indexes
+    finally:
+        engine.dispose()
+
+
+def schema_diffs(url: str) -> list[object]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": migrate.VERSION_TABLE, "compare_type": True}
+            )
+            return compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_all_tables_on_empty_database(db_url: str) -> None:
+    assert inspect_db(db_url) == (set(), set())
+    assert migrate.current_revision(db_url) is None
+    migrate.upgrade(db_url)
+    tables, indexes = inspect_db(db_url)
+    assert tables == AUDIT_TABLES | {migrate.VERSION_TABLE}
+    assert indexes == AUDIT_INDEXES
+    assert migrate.current_revision(db_url) == "0001"
+
+
+def test_upgrade_is_idempotent_and_keeps_data(db_url: str) -> None:
+    migrate.upgrade(db_url)
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    store = AuditStore(db_url, origin="test/migrate", signer_key=key, replica="r1")
+    try:
+        store.append([AppendEntry(type="decision", decision="deny", tool="shell", arguments={"command": "ls"})])
+    finally:
+        store.close()
+    migrate.upgrade(db_url)
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == "0001"
+    assert inspect_db(db_url)[0] == AUDIT_TABLES | {migrate.VERSION_TABLE}
+    store = AuditStore(db_url, origin="test/migrate", signer_key=key, replica="r1")
+    try:
+        assert store.head()[0] == 0  # the record written before the second upgrade is still there
+        kid = key_id(key.public_key())
+        verify_chain(store, {kid: TrustedKey(kid, key.public_key(), 0)})
+    finally:
+        store.close()
+
+
+def test_migrated_schema_matches_store_metadata(db_url: str) -> None:
+    migrate.upgrade(db_url)
+    assert schema_diffs(db_url) == []
+
+
+def test_drift_check_is_real(db_url: str) -> None:
+    # Guards the test above: if compare_metadata could not see a missing index, "no differences" would mean nothing.
+    migrate.upgrade(db_url)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_audit_records_tool"))
+    engine.dispose()
+    diffs = schema_diffs(db_url)
+    assert [(diff[0], diff[1].name) for diff in diffs] == [("add_index", "ix_audit_records_tool")]  # type: ignore[index]
+
+
+def test_concurrent_upgrades_in_one_process_all_succeed(db_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate.upgrade(db_url)
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert migrate.current_revision(db_url) == "0001"
+    assert schema_diffs(db_url) == []
+
+
+def _upgrade_in_child(url: str, start: threading.Barrier) -> None:
+    start.wait(timeout=30)  # all children past their (slow) imports before anyone migrates
+    migrate.upgrade(url)
+
+
+def test_concurrent_upgrades_from_many_processes_on_postgresql() -> None:
+    # Replicas starting at once: the advisory lock in env.py must let exactly one create the tables.
+    with pg_schema_url() as db_url:
+        context = multiprocessing.get_context("spawn")
+        start = context.Barrier(4)
+        children = [context.Process(target=_upgrade_in_child, args=(db_url, start)) for _ in range(4)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(timeout=60)
+        assert [child.exitcode for child in children] == [0, 0, 0, 0]
+        assert migrate.current_revision(db_url) == "0001"
+        assert schema_diffs(db_url) == []
+
+
+def test_single_head_named_0001() -> None:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(migrate.MIGRATIONS_DIR))
+    assert script.get_heads() == ["0001"]
+
+
+def test_missing_migrations_folder_raises_with_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", tmp_path / "nowhere")
+    with pytest.raises(AuditError) as caught:
+        migrate.upgrade(f"sqlite:///{tmp_path / 'audit.db'}")
+    assert "not found" in caught.value.message
+    assert "checkout" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg2://postgres@127.0.0.1:1/nope", "sqlite:////nonexistent-dir/sub/audit.db"],
+    ids=["unreachable_pg", "unwritable_sqlite"],
+)
+def test_bad_url_raises_audit_error(url: str) -> None:
+    with pytest.raises(AuditError, match="migration failed"):
+        migrate.upgrade(url)
+    with pytest.raises(AuditError, match="cannot read"):
+        migrate.current_revision(url)
