@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from aegis_proxy.errors import InputError
 from aegis_proxy.firewall import Firewall
 from aegis_proxy.models import CallContext, Decision, Message, PriorCall, Role, ToolCall
+from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
 
 MAX_HISTORY = 1_000  # earlier calls kept per session; older ones fall off (the policy's windows are shorter)
 
@@ -54,15 +55,6 @@ class CheckLine(_Strict):
     meta: dict[str, JsonValue] | None = None
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise InputError(f"duplicate key {key!r}", hint="a JSON object may name each key once")
-        result[key] = value
-    return result
-
-
 def _reject_constant(name: str) -> None:
     raise InputError(f"{name} is not JSON", hint="NaN and Infinity are not valid JSON numbers")
 
@@ -70,7 +62,9 @@ def _reject_constant(name: str) -> None:
 def loads_strict(text: str) -> Any:
     """json.loads that refuses what other parsers might read differently: duplicate keys, NaN, Infinity."""
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=object_without_duplicates, parse_constant=_reject_constant)
+    except DuplicateKeyError as exc:
+        raise InputError(str(exc), hint="a JSON object may name each key once") from None
     except RecursionError:
         raise InputError("JSON nested too deeply", hint="flatten the arguments") from None
     except json.JSONDecodeError as exc:

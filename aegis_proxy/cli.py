@@ -72,14 +72,6 @@ def _policy_decider(paths: Sequence[str] | None) -> PolicySet | None:
     return None
 
 
-def _cmd_policy(args: argparse.Namespace) -> int:
-    handler = getattr(args, "policy_handler", None)
-    if handler is None:
-        args.policy_parser.print_help()
-        return EXIT_USAGE
-    return int(handler(args))
-
-
 def _cmd_policy_check(args: argparse.Namespace) -> int:
     from aegis_proxy.policy.errors import PolicyError
     from aegis_proxy.policy.loader import check_sources, compile_sources, read_sources
@@ -171,18 +163,7 @@ def _args_check(p: argparse.ArgumentParser) -> None:
 
 
 def _args_policy(p: argparse.ArgumentParser) -> None:
-    p.set_defaults(policy_parser=p)
-    sub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
-    for name, summary, example, add_args, handler in POLICY_COMMANDS:
-        q = sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog="Example:\n" + example,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        add_args(q)
-        q.set_defaults(policy_handler=handler)
+    _add_group(p, POLICY_COMMANDS)
 
 
 def _args_policy_check(p: argparse.ArgumentParser) -> None:
@@ -446,7 +427,7 @@ COMMANDS: tuple[Command, ...] = (
         "  aegis policy test policies/\n"
         "  aegis policy explain --policy policies/default.aegis case.json",
         _args_policy,
-        _cmd_policy,
+        _cmd_group,
     ),
     (
         "audit",

@@ -28,7 +28,7 @@ def outputs(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
 def test_every_policy_subcommand_has_an_example(name: str) -> None:
     parser = build_parser()
     policy = next(a for a in parser._actions if a.dest == "command").choices["policy"]  # type: ignore[union-attr]
-    sub = next(a for a in policy._actions if a.dest == "policy_command").choices[name]
+    sub = next(a for a in policy._actions if a.dest == "group_command").choices[name]
     help_text = sub.format_help()
     assert "Example:" in help_text and f"aegis policy {name}" in help_text
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field
 
 from aegis_proxy.audit.errors import AuditError, VerificationError
+from aegis_proxy.strict_json import object_without_duplicates
 
 if TYPE_CHECKING:  # record.py imports this module at load time; rotation helpers import record.py when called
     from aegis_proxy.audit.record import RecordBody, SignedRecord
@@ -147,15 +148,6 @@ class _TrustFile(BaseModel):
     keys: Annotated[list[_TrustEntry], Field(min_length=1)]
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate key {name!r}")
-        result[name] = value
-    return result
-
-
 def load_trusted_keys(path: str | os.PathLike[str]) -> dict[str, TrustedKey]:
     """Read the trusted-keys file (.toml or .json; audit/FORMAT.md section 5) into {key_id: TrustedKey}."""
     where = Path(path)
@@ -171,7 +163,7 @@ def load_trusted_keys(path: str | os.PathLike[str]) -> dict[str, TrustedKey]:
         if where.suffix == ".toml":
             raw: Any = tomllib.loads(text)
         elif where.suffix == ".json":
-            raw = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+            raw = json.loads(text, object_pairs_hook=object_without_duplicates)
         else:
             raise AuditError(f"trusted keys file {where} must end in .toml or .json", hint=hint)
         parsed = _TrustFile.model_validate(raw)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from aegis_proxy.audit.errors import AuditError, VerificationError
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.merkle import leaf_hash  # one RFC 6962 leaf hash for the chain and the tree
+from aegis_proxy.strict_json import object_without_duplicates
 
 FORMAT_VERSION = 1
 RECORD_DOMAIN = b"aegis-proxy/audit/v1 record\n"
@@ -207,15 +208,6 @@ def _check_int(text: str) -> int:
     return number
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key[:40]!r}")
-        result[key] = value
-    return result
-
-
 _FIELDS = frozenset(RecordBody.model_fields)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -228,7 +220,7 @@ def parse_body(data: bytes) -> RecordBody:
         text = data.decode("utf-8")
         value = json.loads(
             text,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=object_without_duplicates,
             parse_float=_reject_float,
             parse_int=_check_int,
             parse_constant=_reject_constant,
