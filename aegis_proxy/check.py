@@ -116,14 +116,20 @@ class CheckRun:
     _sessions: dict[str, list[PriorCall]] = field(default_factory=dict)
 
     def results(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+        for _, result in self.judge(lines):
+            yield result
+
+    def judge(self, lines: Iterable[str]) -> Iterator[tuple[CheckLine | None, dict[str, Any]]]:
+        """Each non-blank line as read (None when malformed) with its output line, so callers that need the line's
+        `meta` (corpus evaluation) do not parse it a second time."""
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             try:
-                _, call, context = parse_line(raw)
+                line, call, context = parse_line(raw)
             except InputError as exc:
                 self.errors += 1
-                yield {"id": None, "line": number, "effect": "error", "error": exc.message}
+                yield None, {"id": None, "line": number, "effect": "error", "error": exc.message}
                 continue
             history = self._sessions.setdefault(context.session_id, []) if context.session_id else None
             if history:
@@ -135,4 +141,4 @@ class CheckRun:
                 )
                 del history[:-MAX_HISTORY]
             self.judged += 1
-            yield decision_json(call.id, decision)
+            yield line, decision_json(call.id, decision)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aegis_proxy.check import CheckRun, parse_line
+from aegis_proxy.check import CheckRun
 from aegis_proxy.errors import InputError
 from aegis_proxy.firewall import Firewall
 
@@ -73,21 +73,12 @@ def _pct(part: int, whole: int) -> str:
 
 def _judge(path: Path, firewall: Firewall, group_key: str, *, attack: bool) -> dict[str, Row]:
     rows: dict[str, Row] = defaultdict(Row)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    groups: list[str] = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            line, _, _ = parse_line(text)
-        except InputError as exc:
+    for line, result in CheckRun(firewall).judge(path.read_text(encoding="utf-8").splitlines()):
+        if line is None:  # a corpus that cannot be read exactly measures nothing
             raise InputError(
-                f"{path}:{number}: {exc.message}", hint="every corpus line must be a valid check line"
-            ) from None
-        groups.append(str((line.meta or {}).get(group_key, "unlabelled")))
-    run = CheckRun(firewall)
-    for group, result in zip(groups, run.results(lines), strict=True):
-        row = rows[group]
+                f"{path}:{result['line']}: {result['error']}", hint="every corpus line must be a valid check line"
+            )
+        row = rows[str((line.meta or {}).get(group_key, "unlabelled"))]
         row.total += 1
         row.denied += result["effect"] == "deny"
         row.held += result["effect"] == "ask"
