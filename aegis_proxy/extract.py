@@ -70,6 +70,12 @@ class ExtractedString:
         return "normalize" in self.chain or "confusables" in self.chain
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__; extraction makes one per string, so
+# `_emit` fills the slots directly (as scanners.base.new_scan_target does). Same object: equality and repr unchanged.
+_STRING_SLOTS = tuple(ExtractedString.__dict__[name].__set__ for name in ExtractedString.__slots__)  # field order
+_new_object = object.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractionLimits:
     max_depth: int = 64  # JSON nesting (including JSON decoded from strings)
@@ -316,7 +322,13 @@ class _Walk:
             self.stopped = True
             return False
         self.seen.add(key)
-        self.strings.append(ExtractedString(path, text, chain, is_key))
+        string = _new_object(ExtractedString)
+        set_path, set_text, set_chain, set_is_key = _STRING_SLOTS
+        set_path(string, path)
+        set_text(string, text)
+        set_chain(string, chain)
+        set_is_key(string, is_key)
+        self.strings.append(string)
         self.scan_left -= len(text)
         return True
 

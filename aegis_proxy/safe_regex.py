@@ -8,6 +8,7 @@ that need backtracking features (look-around, back-references) are refused at co
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import islice
 from typing import Any, Protocol
 
 import re2
@@ -28,17 +29,21 @@ class Pattern(Protocol):
     def search(self, text: str) -> Match | None: ...
     def match(self, text: str) -> Match | None: ...
     def fullmatch(self, text: str) -> Match | None: ...
-    def finditer(self, text: str): ...  # RE2's iterator type is private
+    def finditer(self, text: str, pos: int | None = None, endpos: int | None = None): ...  # RE2's iterator
     def findall(self, text: str) -> list: ...
 
 
 class _Re2Pattern:
-    """An RE2 pattern whose misses are cheap.
+    """An RE2 pattern whose calls on ASCII text skip the wrapper's per-call Python work.
 
     google-re2's Python wrapper spends a few microseconds in Python on every call (a generator, offset bookkeeping)
-    even when nothing matches, and most calls on request content find nothing. Here a miss costs one encode and one
-    call into RE2; a hit (or a call with pos/endpos) goes through the wrapper, so match objects and their offsets are
-    exactly the wrapper's. Everything else is the wrapper's too.
+    even when nothing matches, and most calls on request content find nothing. Here a call on bytes or ASCII text
+    (byte offsets are character offsets) makes one call into RE2 per match attempt, and a hit is built from the spans
+    that call returned, as the wrapper's own `_Match`: match objects, their offsets and the order of `finditer` are
+    exactly the wrapper's, and the pattern runs once per hit instead of twice (a miss test, then the wrapper again).
+    Other text (non-ASCII str) is tested for a miss here and handed to the wrapper on a hit, as are calls with
+    pos/endpos. `sub` with a function runs on this `finditer`; everything else (findall, split, groups, ...) is the
+    wrapper's.
     """
 
     __slots__ = ("_match", "_wrapped", "pattern")
@@ -48,35 +53,89 @@ class _Re2Pattern:
         self._match = wrapped._regexp.Match  # the compiled RE2 object's own Match(anchor, bytes, pos, endpos)
         self.pattern: str = wrapped.pattern
 
-    def _misses(self, anchor: Any, text: str | bytes) -> bool:
-        data = text if isinstance(text, bytes) else text.encode("utf-8")
-        return self._match(anchor, data, 0, len(data))[0] == _NO_SPAN
+    def _first(self, anchor: Any, text: str | bytes) -> tuple[bytes | None, list[tuple[int, int]]]:
+        """(the ASCII bytes searched, or None when the text is not ASCII; the spans of the first attempt)."""
+        if isinstance(text, bytes):
+            return text, self._match(anchor, text, 0, len(text))
+        if text.isascii():
+            data = text.encode("ascii")
+            return data, self._match(anchor, data, 0, len(data))
+        data = text.encode("utf-8")
+        return None, self._match(anchor, data, 0, len(data))
+
+    def _one(self, anchor: Any, text: str | bytes, method: str) -> Match | None:
+        data, spans = self._first(anchor, text)
+        if spans[0] == _NO_SPAN:
+            return None
+        if data is None:  # UTF-8 byte offsets are not character offsets: the wrapper converts them
+            return getattr(self._wrapped, method)(text)
+        return _WrapperMatch(self._wrapped, text, 0, len(text), spans)
 
     def search(self, text: str | bytes, pos: int | None = None, endpos: int | None = None) -> Match | None:
-        if pos is None and endpos is None and self._misses(_UNANCHORED, text):
-            return None
+        if pos is None and endpos is None:
+            return self._one(_UNANCHORED, text, "search")
         return self._wrapped.search(text, pos, endpos)
 
     def match(self, text: str | bytes, pos: int | None = None, endpos: int | None = None) -> Match | None:
-        if pos is None and endpos is None and self._misses(_ANCHOR_START, text):
-            return None
+        if pos is None and endpos is None:
+            return self._one(_ANCHOR_START, text, "match")
         return self._wrapped.match(text, pos, endpos)
 
     def fullmatch(self, text: str | bytes, pos: int | None = None, endpos: int | None = None) -> Match | None:
-        if pos is None and endpos is None and self._misses(_ANCHOR_BOTH, text):
-            return None
+        if pos is None and endpos is None:
+            return self._one(_ANCHOR_BOTH, text, "fullmatch")
         return self._wrapped.fullmatch(text, pos, endpos)
 
     def finditer(self, text: str | bytes, pos: int | None = None, endpos: int | None = None):  # RE2's iterator
-        if pos is None and endpos is None and self._misses(_UNANCHORED, text):
+        if pos is not None or endpos is not None:
+            return self._wrapped.finditer(text, pos, endpos)
+        data, spans = self._first(_UNANCHORED, text)
+        if spans[0] == _NO_SPAN:
             return iter(())
-        return self._wrapped.finditer(text, pos, endpos)
+        if data is None:
+            return self._wrapped.finditer(text)
+        return self._iterate(text, data, spans)
 
-    def __getattr__(self, name: str) -> Any:  # findall, sub, split, groups, ...: the wrapper's
+    def _iterate(self, text: str | bytes, data: bytes, spans: list[tuple[int, int]]):
+        # The wrapper's loop: the next attempt starts where the last match ended, one further after an empty match.
+        # Its bytes loop records each attempt's start as the match's `pos`; its str loop records the caller's (0).
+        wrapped, match, end, pos = self._wrapped, self._match, len(data), 0
+        as_bytes = isinstance(text, bytes)
+        while True:
+            yield _WrapperMatch(wrapped, text, pos if as_bytes else 0, end, spans)
+            if pos == end:
+                return
+            pos = pos + 1 if pos == spans[0][1] else spans[0][1]
+            spans = match(_UNANCHORED, data, pos, end)
+            if spans[0] == _NO_SPAN:
+                return
+
+    def subn(self, repl: Any, text: str | bytes, count: int = 0) -> tuple[str | bytes, int]:
+        """The wrapper's `subn`, over this `finditer` when `repl` is a function (templates go to the wrapper)."""
+        if not callable(repl):
+            return self._wrapped.subn(repl, text, count)
+        if count < 0:
+            return text, 0
+        matches = self.finditer(text) if count == 0 else islice(self.finditer(text), count)
+        pieces = []
+        end = done = 0
+        for match in matches:
+            pieces.append(text[end : match.start()])
+            pieces.append(repl(match))
+            end = match.end()
+            done += 1
+        pieces.append(text[end:])
+        return type(text)().join(pieces), done
+
+    def sub(self, repl: Any, text: str | bytes, count: int = 0) -> str | bytes:
+        return self.subn(repl, text, count)[0]
+
+    def __getattr__(self, name: str) -> Any:  # findall, split, groups, ...: the wrapper's
         return getattr(self._wrapped, name)
 
 
 _Anchor = getattr(getattr(getattr(re2, "_re2", None), "RE2", None), "Anchor", None)
+_WrapperMatch = getattr(re2, "_Match", None)  # the wrapper's match class: hits built here are the wrapper's own
 _NO_SPAN = (-1, -1)
 if _Anchor is not None:
     _UNANCHORED, _ANCHOR_START, _ANCHOR_BOTH = _Anchor.UNANCHORED, _Anchor.ANCHOR_START, _Anchor.ANCHOR_BOTH
@@ -100,6 +159,10 @@ def compile_pattern(pattern: str, *, ignore_case: bool = False, dotall: bool = F
             "rewrite with alternation or character classes",
         ) from None
     # The fast path leans on the wrapper's internals; a google-re2 without them gets the plain wrapper.
-    if _Anchor is not None and callable(getattr(getattr(compiled, "_regexp", None), "Match", None)):
+    if (
+        _Anchor is not None
+        and _WrapperMatch is not None
+        and callable(getattr(getattr(compiled, "_regexp", None), "Match", None))
+    ):
         return _Re2Pattern(compiled)
     return compiled

@@ -51,3 +51,64 @@ def test_fast_path_agrees_with_the_re2_wrapper(subject: str | bytes) -> None:
     assert compiled.findall(subject) == wrapped.findall(subject)
     ours, theirs = compiled.search(subject, 1), wrapped.search(subject, 1)  # with pos: the wrapper's own path
     assert (ours and ours.span()) == (theirs and theirs.span())
+
+
+def _described(match: object) -> tuple | None:
+    """Everything a caller can read from a match object."""
+    if match is None:
+        return None
+    groups = match.re.groups  # type: ignore[attr-defined]
+    return (
+        tuple(match.span(group) for group in range(groups + 1)),  # type: ignore[attr-defined]
+        match.groups(),  # type: ignore[attr-defined]
+        match.group(),  # type: ignore[attr-defined]
+        match.pos,  # type: ignore[attr-defined]
+        match.endpos,  # type: ignore[attr-defined]
+        match.string,  # type: ignore[attr-defined]
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(a*)", r"(x)?(y)?", r"\b\w+\b", r"(?:(ab)|(c))+", r"$", r"(?i)(ü|k)+", r"^(\d+)-(\d+)?"],
+    ids=["empty-matches", "optional-groups", "words", "alternating-groups", "end-only", "unicode-class", "anchored"],
+)
+@pytest.mark.parametrize(
+    "subject",
+    ["", "aaa bab c", "xyyx ab c abab", "12-34 56-", b"ab c ab", "Ünicode kK ab", "ab\u212a"],
+    ids=["empty", "ascii", "groups", "digits", "bytes", "non-ascii", "kelvin-sign"],
+)
+def test_calls_on_ascii_and_bytes_return_the_wrappers_own_matches(pattern: str, subject: str | bytes) -> None:
+    compiled = compile_pattern(pattern)
+    wrapped = re2.compile(compiled.pattern)
+    for method in ("search", "match", "fullmatch"):
+        assert _described(getattr(compiled, method)(subject)) == _described(getattr(wrapped, method)(subject))
+    ours = [_described(match) for match in compiled.finditer(subject)]
+    assert ours == [_described(match) for match in wrapped.finditer(subject)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, -1], ids=["all", "first", "two", "negative"])
+@pytest.mark.parametrize(
+    ("pattern", "subject"),
+    [
+        (r"(a*)", "baaac"),
+        (r"'([^']*)'|(#[^\n]*)", "x = 'one' # c\ny = 'two'"),
+        (r"(\d+)", b"a1b22c333"),
+        (r"(\w)", "é ü k"),
+        (r"q", "no hit"),
+        (r"", ""),
+    ],
+    ids=["empty-matches", "literals", "bytes", "non-ascii", "miss", "empty"],
+)
+def test_sub_with_a_function_agrees_with_the_wrapper(pattern: str, subject: str | bytes, count: int) -> None:
+    compiled = compile_pattern(pattern)
+    wrapped = re2.compile(compiled.pattern)
+
+    def shout(match: object) -> str | bytes:
+        found = match.group(0)  # type: ignore[attr-defined]
+        return found.upper() + found[:1] if found else found[:0] + ("<>" if isinstance(found, str) else b"<>")
+
+    assert compiled.subn(shout, subject, count) == wrapped.subn(shout, subject, count)
+    assert compiled.sub(shout, subject, count=count) == wrapped.sub(shout, subject, count=count)
+    template = "-" if isinstance(subject, str) else b"-"
+    assert compiled.sub(template, subject) == wrapped.sub(template, subject)  # a template: the wrapper's own

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aegis_proxy.models import Severity, ToolCall
+from aegis_proxy.scanners import code as code_module
 from aegis_proxy.scanners.base import ScanSettings, ScanTarget
 from aegis_proxy.scanners.code import CodeScanner, analyze_code, pickle_payload_hits, reverse_shell_hits
 from aegis_proxy.shell import ShellCommand
@@ -410,3 +411,41 @@ CODE_ALPHABET = st.sampled_from(
 def test_never_raises_on_code_shaped_text(text: str) -> None:
     for hit in analyze_code(text):
         assert hit.category in CodeScanner.categories and hit.message
+
+
+def _needle_prefilter(text: str) -> bool:
+    """The prefilter's definition: a payload mark, or a protocol 0-3 opcode needle on a line of its own."""
+    return any(mark in text for mark in code_module._PAYLOAD_MARKS) or any(
+        needle in text for needle in code_module._PICKLE_TEXT_NEEDLES
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cos\nsystem\n",
+        "x = 1\nisubprocess\nPopen\n",
+        "cposix\n",
+        "ccos\n",
+        "c os\n",
+        "Cos\n",
+        "cos",
+        "def f():\n    return os.system\n",
+        "line one\nline two\n" * 40,
+        "é\ncbuiltins\neval\n",
+        "ifunctools\r\n",
+        "c__builtin__\n",
+        "",
+    ],
+)
+def test_payload_prefilter_matches_its_needle_definition(text: str) -> None:
+    assert code_module._may_hold_payload(text) is _needle_prefilter(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(["c", "i", "os", "sys", "nt", "pty", "\n", " ", "x", "é", "code", "_pickle"]), max_size=12)
+)
+def test_payload_prefilter_agrees_on_composed_text(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert code_module._may_hold_payload(text) is _needle_prefilter(text)

@@ -604,3 +604,170 @@ def test_generated_mixtures_redact_every_token(tokens: list[str], separator: str
     for token in tokens:
         assert token not in redacted
     assert redacted.startswith("start ") and redacted.endswith(" end")
+
+
+# Texts around whole private keys where the cut-key detector may be skipped (or must not be): the results must be the
+# same as running it everywhere.
+CUT = "-----BEGIN RSA PRIVATE KEY-----\n" + PEM_BODY[:90]
+KEY_LAYOUTS = [
+    ("one_key", pem("RSA PRIVATE KEY")),
+    ("two_keys", pem("RSA PRIVATE KEY") + "and\n" + pem("EC PRIVATE KEY", PEM_BODY[::-1])),
+    ("cut_key_then_whole", CUT + "\n\n" + pem("OPENSSH PRIVATE KEY")),
+    ("whole_then_cut_key", pem("OPENSSH PRIVATE KEY") + "x " + CUT),
+    ("cut_key_glued_to_whole", CUT + pem("RSA PRIVATE KEY")),
+    ("header_colon_on_begin_line", "Proc-Type: 4 " + pem("RSA PRIVATE KEY")),
+    ("cut_header_reaching_whole", "-----BEGIN RSA PRIVATE KEY-----\nComment: x " + pem("RSA PRIVATE KEY")),
+    ("label_before_whole", "PRIVATE KEY" + pem("RSA PRIVATE KEY")),
+    ("encrypted_headers", pem("RSA PRIVATE KEY", headers="Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,AB12\n\n")),
+    ("json_escaped", json.dumps({"a": pem("RSA PRIVATE KEY"), "b": CUT})),
+    ("form_body", "api_key=7f3c0e9a1b2d4c5e&code=" + pem("RSA PRIVATE KEY").replace("\n", "\r\n")),
+    ("body_with_dash", pem("RSA PRIVATE KEY", PEM_BODY[:60] + "-" + PEM_BODY[60:])),
+    ("nested_begin", "-----BEGIN RSA PRIVATE KEY-----\n" + PEM_BODY[:70] + "\n" + pem("RSA PRIVATE KEY")),
+    ("placeholder_body", pem("RSA PRIVATE KEY", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n") + CUT),
+    ("pem_with_unicode", "clé: é " + pem("RSA PRIVATE KEY") + " ü " + CUT),
+    ("service_account_json", json.dumps({"type": "service_account", "private_key": pem("PRIVATE KEY")})),
+    ("label_in_gap_then_header_line", CUT + "\nx: y " + pem("RSA PRIVATE KEY")),
+]
+
+
+def _scan_everywhere(text: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    with monkeypatch.context() as patch:
+        patch.setattr(secrets_module, "_cut_key_skips", lambda *_: False)  # run the cut-key detector on every byte
+        return secrets_module._scan.__wrapped__(text)
+
+
+@pytest.mark.parametrize("text", [k[1] for k in KEY_LAYOUTS], ids=[k[0] for k in KEY_LAYOUTS])
+def test_skipping_the_cut_key_detector_inside_whole_keys_changes_nothing(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert secrets_module._scan.__wrapped__(text) == _scan_everywhere(text, monkeypatch)
+    assert find_secrets(text)  # every layout holds a key
+
+
+KEY_PIECES = [
+    pem("RSA PRIVATE KEY"),
+    pem("EC PRIVATE KEY", PEM_BODY[:100]),
+    CUT,
+    "Proc-Type: 4\n",
+    "Comment: a\n",
+    "x: ",
+    '"k": "',
+    "\\n",
+    "\\r\\n",
+    "\n",
+    " ",
+    "-",
+    ":",
+    "ab=",
+    "PRIVATE KEY",
+    "-----BEGIN PRIVATE KEY-----",
+    "-----END RSA PRIVATE KEY-----",
+    PEM_BODY[:50],
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(KEY_PIECES), max_size=8))
+def test_cut_key_skip_agrees_with_running_everywhere(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    with pytest.MonkeyPatch.context() as patch:
+        expected = _scan_everywhere(text, patch)
+    assert secrets_module._scan.__wrapped__(text) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["aB3", "ab3", "AB3", "aBc", "", "Zx9vLq2", "ÄbC1", "ßX1", "ǅx1", "١aB", "x²Y", "ab-CD_12", "ＡＢｃ１"],
+)
+def test_mixed_classes_agrees_with_the_per_character_definition(value: str) -> None:
+    expected = any(c.isdigit() for c in value) and any(c.islower() for c in value) and any(c.isupper() for c in value)
+    assert secrets_module._has_mixed_classes(value) is expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=40))
+def test_mixed_classes_agrees_on_any_text(value: str) -> None:
+    expected = any(c.isdigit() for c in value) and any(c.islower() for c in value) and any(c.isupper() for c in value)
+    assert secrets_module._has_mixed_classes(value) is expected
+
+
+LONG_FILLER = "lorem ipsum dolor sit amet " * 200  # past the quick-dismiss length: the long-text path
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("DB_PASSWORD=Zx9vLq2Wm8Rt4Yp6", "assigned_secret"),  # "password" overlaps the needle "pass"
+        ("export GITHUB_TOKEN=ghp_" + RAND36, "github_token"),  # "github" starts like the needle "gh"
+        ("token: sk-proj-" + RAND36 + RAND40, "openai_key"),
+    ],
+    ids=["password-hides-pass", "github-hides-gh", "openai"],
+)
+@pytest.mark.parametrize("layout", ["alone", "before-filler", "after-filler"])
+def test_secrets_in_long_text_are_found_like_in_short_text(text: str, kind: str, layout: str) -> None:
+    whole = {"alone": text, "before-filler": text + "\n" + LONG_FILLER, "after-filler": LONG_FILLER + "\n" + text}[
+        layout
+    ]
+    assert kind in {match.kind for match in find_secrets(whole)}
+    secret = text.split("=", 1)[-1].split(" ", 1)[-1]
+    assert secret not in redact(whole)
+
+
+def _python_needles(text: str) -> frozenset[str]:
+    """Needle presence by plain substring tests (exact, or in the lower-cased text): the definition on ASCII."""
+    lowered = text.lower()
+    exact = [n for n in secrets_module._EXACT_NEEDLES if n in text]
+    return frozenset(exact + [n for n in secrets_module._FOLDED_NEEDLES if n in lowered])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [*secrets_module._EXACT_NEEDLES, *secrets_module._FOLDED_NEEDLES, "PASS", "Key", "x", " ", "=", "word"]
+        ),
+        max_size=10,
+    )
+)
+def test_needle_set_finds_every_needle_even_overlapping(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert secrets_module._needles_present(text.encode()) == _python_needles(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [token for token, _ in TOKENS.values()]
+            + [pem("RSA PRIVATE KEY"), "password=", "PASS", "api_key: ", "Bearer ", "://user:", "@host", " ", "\n"]
+            + ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl", "AccountKey=", RAND40, HEX64, "é"]
+        ),
+        max_size=8,
+    )
+)
+def test_running_only_the_detectors_whose_needles_occur_loses_nothing(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    haystack = text.encode("ascii") if text.isascii() else text
+    present = secrets_module._needles_present(haystack)
+    assert secrets_module._raw_matches(text, haystack, present) == secrets_module._raw_matches(text, haystack, None)
+
+
+def _placeholder_by_definition(value: str) -> bool:
+    lowered = value.lower()
+    return (
+        lowered in secrets_module.TRIVIAL_VALUES
+        or len(set(lowered)) <= 2
+        or any(marker in lowered for marker in secrets_module.PLACEHOLDER_MARKERS)
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([*secrets_module.PLACEHOLDER_MARKERS, "a", "B", "7", "-", "_", "<", "{", "$", "é", "YOUR"]),
+        max_size=8,
+    )
+)
+def test_placeholder_test_agrees_with_its_definition(pieces: list[str]) -> None:
+    value = "".join(pieces)
+    assert secrets_module._is_placeholder(value) is _placeholder_by_definition(value)

@@ -29,9 +29,10 @@ import json
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import re2
 from re2 import escape as re2_escape
 
 from aegis_proxy.models import Finding, Severity, ToolCall
@@ -466,6 +467,16 @@ LABELS: dict[str, str] = {
 _COMPILED: tuple[tuple[SecretPattern, Pattern], ...] = tuple(
     (spec, compile_pattern(spec.pattern, ignore_case=spec.ignore_case)) for spec in SECRET_PATTERNS
 )
+# The two private-key detectors: a whole key (BEGIN ... END) and a key cut short (BEGIN and whatever base64 follows).
+# Inside a whole key the second finds only a prefix of the same body, which the merge folds into the first: it is run
+# only on the text around such keys (see _cut_key_matches), because on a long key it costs more than all the rest.
+_PEM_WHOLE, _PEM_CUT = 0, 1
+if not (
+    SECRET_PATTERNS[_PEM_WHOLE].kind == SECRET_PATTERNS[_PEM_CUT].kind == "private_key"
+    and SECRET_PATTERNS[_PEM_WHOLE].pattern.endswith(_PEM_END)
+    and not SECRET_PATTERNS[_PEM_CUT].pattern.endswith(_PEM_END)
+):
+    raise AssertionError("_PEM_WHOLE and _PEM_CUT must name the whole-key and cut-key private key detectors")
 _PRIORITY: dict[str, int] = {}
 for _index, _spec in enumerate(SECRET_PATTERNS):
     _PRIORITY.setdefault(_spec.kind, _index)
@@ -477,7 +488,7 @@ _CLASS_BY_KIND[GENERIC_KIND] = SecretClass.GENERIC
 _PROVIDERS_BY_KIND: dict[str, tuple[str, ...]] = {spec.kind: spec.providers for spec in SECRET_PATTERNS}
 _PROVIDERS_BY_KIND["gcp_service_account_key"] = ("googleapis.com", "google.com")
 
-# One pass tells which detectors can match at all; after this many hits we stop counting and run them all.
+# Which detectors can match at all: the needles present (see _needles_present).
 _EXACT_NEEDLES = tuple(sorted({n for spec in SECRET_PATTERNS if not spec.ignore_case for n in spec.needles}))
 _FOLDED_NEEDLES = tuple(sorted({n for spec in SECRET_PATTERNS if spec.ignore_case for n in spec.needles}))
 
@@ -487,8 +498,25 @@ def _alternation(words: Iterable[str]) -> str:
 
 
 _NEEDLE_PATTERN = f"{_alternation(_EXACT_NEEDLES)}|(?i:{_alternation(_FOLDED_NEEDLES)})"
-_NEEDLES = compile_pattern(_NEEDLE_PATTERN)
-MAX_NEEDLE_HITS = 512
+_NEEDLE_NAMES = (*_EXACT_NEEDLES, *_FOLDED_NEEDLES)
+
+
+def _needle_set() -> re2.Set:
+    """Every needle as its own pattern of one RE2 set: one linear pass says which of them occur, overlapping or not
+    (an alternation reports only the leftmost of overlapping needles, so `password` would hide `pass`)."""
+    options = re2.Options()
+    options.max_mem = 64 << 20
+    options.log_errors = False
+    needles = re2.Set.SearchSet(options)
+    for needle in _EXACT_NEEDLES:
+        needles.Add(re2_escape(needle))
+    for needle in _FOLDED_NEEDLES:
+        needles.Add("(?i)" + re2_escape(needle))  # RE2's case folding, as in the detectors themselves
+    needles.Compile()
+    return needles
+
+
+_NEEDLE_SET = _needle_set()
 _DETECTORS_BY_NEEDLE: dict[str, tuple[int, ...]] = {
     needle: tuple(i for i, spec in enumerate(SECRET_PATTERNS) if needle in spec.needles)
     for needle in (*_EXACT_NEEDLES, *_FOLDED_NEEDLES)
@@ -500,7 +528,7 @@ _GENERIC_CANDIDATE = compile_pattern(r"(?:^|[^A-Za-z0-9+/_\-])(" + _CANDIDATE + 
 # The first question for every text: is there anything at all to look at? Most strings answer no in one pass.
 _GENERIC_GATE = compile_pattern(r"(?:^|[^A-Za-z0-9+/_\-])" + _CANDIDATE)
 _ANYTHING = compile_pattern(f"{_NEEDLE_PATTERN}|{_GENERIC_GATE.pattern}")  # any needle, or a generic candidate
-PYTHON_NEEDLE_LIMIT = 4096  # up to this length, needles are found with `in` rather than a regex pass
+QUICK_DISMISS_CHARS = 4096  # up to this length, a text with no needle and no generic candidate is dismissed early
 _PUBLIC_PEM = compile_pattern(
     r"-----BEGIN (?:CERTIFICATE|TRUSTED CERTIFICATE|PUBLIC KEY|RSA PUBLIC KEY|SSH2 PUBLIC KEY|CERTIFICATE REQUEST|"
     r"NEW CERTIFICATE REQUEST|X509 CRL|PKCS7|DH PARAMETERS|EC PARAMETERS|PGP PUBLIC KEY BLOCK|PGP SIGNATURE)-----"
@@ -551,15 +579,27 @@ def redaction_marker(kind: str, value: str) -> str:
 # --- validators (extra checks a regex cannot express) -----------------------------------------------------------------
 
 
+# Any placeholder marker, in one pass: a PEM body or a long token is otherwise scanned once per marker.
+_PLACEHOLDER = compile_pattern("|".join(re2_escape(marker) for marker in PLACEHOLDER_MARKERS))
+
+
 def _is_placeholder(value: str) -> bool:
     lowered = value.lower()
     if lowered in TRIVIAL_VALUES or len(set(lowered)) <= 2:
         return True
-    return any(marker in lowered for marker in PLACEHOLDER_MARKERS)
+    return _PLACEHOLDER.search(lowered) is not None
+
+
+_ASCII_DIGITS = frozenset("0123456789")
+_ASCII_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_ASCII_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEX_LETTERS = frozenset("abcdefABCDEF")
 
 
 def _has_mixed_classes(value: str) -> bool:
     """Upper, lower and digit all present: random tokens have them, words and identifiers mostly do not."""
+    if value.isascii():  # the same answer as the per-character tests below, from three scans in C
+        return not (_ASCII_DIGITS.isdisjoint(value) or _ASCII_LOWER.isdisjoint(value) or _ASCII_UPPER.isdisjoint(value))
     return any(c.isdigit() for c in value) and any(c.islower() for c in value) and any(c.isupper() for c in value)
 
 
@@ -664,8 +704,8 @@ def _generic_ok(text: str, start: int, value: str) -> bool:
         return (
             length >= HEX_MIN_LEN
             and length not in DIGEST_HEX_LENGTHS
-            and any(c.isdigit() for c in value)
-            and any(c.isalpha() for c in value)
+            and not _ASCII_DIGITS.isdisjoint(value)  # hex characters: a digit ...
+            and not _HEX_LETTERS.isdisjoint(value)  # ... and a letter
             and shannon_entropy(value) >= HEX_ENTROPY_THRESHOLD
         )
     if not _has_mixed_classes(value) or _is_placeholder(value):
@@ -711,22 +751,10 @@ def _secret_span(spec: SecretPattern, match: Match) -> tuple[int, int, int]:
     return -1, -1, -1
 
 
-def _needles_present(text: str, haystack: str | bytes) -> frozenset[str] | None:
-    """The detector needles that occur in the text; None means "assume all" (too many hits to count)."""
-    if len(text) <= PYTHON_NEEDLE_LIMIT:
-        # Short text (the usual argument): plain substring tests beat a regex pass and its per-hit overhead.
-        folded = text.lower() if text.isascii() else text.casefold()
-        return frozenset([n for n in _EXACT_NEEDLES if n in text] + [n for n in _FOLDED_NEEDLES if n in folded])
-    present: set[str] = set()
-    for seen, match in enumerate(_NEEDLES.finditer(haystack)):
-        if seen >= MAX_NEEDLE_HITS:
-            return None
-        found = match.group()
-        word = found.decode("ascii") if isinstance(found, bytes) else found
-        present.add(word)
-        # casefold, not lower: RE2's (?i) also matches e.g. the long s "ſ" for "s" and the Kelvin sign for "k".
-        present.add(word.casefold())
-    return frozenset(present)
+def _needles_present(haystack: str | bytes) -> frozenset[str]:
+    """The detector needles that occur in the text (as RE2 matches them: exactly, or ignoring case)."""
+    data = haystack if isinstance(haystack, bytes) else haystack.encode("utf-8")
+    return frozenset([_NEEDLE_NAMES[index] for index in _NEEDLE_SET.Match(data) or ()])
 
 
 _NOT_CANDIDATE_BYTES = bytes(
@@ -770,16 +798,22 @@ def _raw_matches(text: str, haystack: str | bytes, present: frozenset[str] | Non
         wanted = sorted(
             {*_ALWAYS_RUN, *(index for needle in present for index in _DETECTORS_BY_NEEDLE.get(needle, ()))}
         )
+    whole_keys: list[tuple[int, int]] = []  # whole private keys found, whose text the cut-key detector may skip
     for index in wanted:
         spec, pattern = _COMPILED[index]
         validator = _VALIDATORS.get(spec.check)
-        for seen, match in enumerate(pattern.finditer(haystack)):
+        if index == _PEM_CUT and whole_keys:
+            matches = _cut_key_matches(pattern, text, haystack, whole_keys)
+        else:
+            matches = pattern.finditer(haystack)
+        for seen, match in enumerate(matches):
             if seen >= MAX_CANDIDATES:
                 cut = min(cut, match.start())
                 break
             start, end, group = _secret_span(spec, match)
             if start < 0:
                 continue
+            body_start, body_end = start, end
             start, end = _trim(text, start, end)
             if end <= start:
                 continue
@@ -790,6 +824,9 @@ def _raw_matches(text: str, haystack: str | bytes, present: frozenset[str] | Non
             elif _is_placeholder(value) or (validator is not None and not validator(value)):
                 continue
             found.append(_Raw(spec.kind, start, end))
+            gap_start = whole_keys[-1][1] if whole_keys else 0
+            if index == _PEM_WHOLE and _cut_key_skips(text, gap_start, match.start(), body_start, body_end):
+                whole_keys.append((match.start(), match.end()))
             if spec.kind == "aws_access_key_id":
                 found.extend(_aws_secret_near(text, start, end))
     # A candidate inside a named secret (or a certificate, a public key) adds nothing.
@@ -814,6 +851,37 @@ def _raw_matches(text: str, haystack: str | bytes, present: frozenset[str] | Non
                     cut, moved = raw.start, True
         found = [raw for raw in found if raw.end <= cut]
     return found, cut
+
+
+def _cut_key_skips(text: str, gap_start: int, start: int, body_start: int, body_end: int) -> bool:
+    """May the cut-key detector skip this whole key (match at `start`, body `text[body_start:body_end]`), searching
+    from `gap_start` (the end of the last key it skips) up to `start` and going on after the key?
+
+    Every cut-key match that starts inside the key then lies inside its body, so it adds nothing to the merged
+    detection: with no ":" in the body no header line can start there, with no "-" no BEGIN line can, and the base64
+    run stops at the "-" of END. A match that starts before the key and runs into it needs a BEGIN label in the gap
+    ("PRIVATE KEY") and a header line reaching the key (a ":" on the key's line) or a label ending at it.
+    """
+    body = text[body_start:body_end]
+    if ":" in body or "-" in body:
+        return False
+    if "PRIVATE KEY" not in text[gap_start:start]:
+        return True
+    line_start = max(text.rfind("\n", 0, start), text.rfind("\r", 0, start), text.rfind("\\", 0, start)) + 1
+    before = text[line_start:start]
+    return ":" not in before and "PRIVATE KEY" not in before
+
+
+def _cut_key_matches(
+    pattern: Pattern, text: str, haystack: str | bytes, keys: list[tuple[int, int]]
+) -> Iterator[Match]:
+    """The cut-key detector's matches outside `keys` (sorted, disjoint spans of whole keys that may be skipped), in
+    order: what `pattern.finditer(haystack)` yields, less the matches that start inside those keys."""
+    position = 0
+    for key_start, key_end in keys:
+        yield from pattern.finditer(haystack, position, key_start)
+        position = key_end
+    yield from pattern.finditer(haystack, position, len(text))
 
 
 def _aws_secret_near(text: str, start: int, end: int) -> list[_Raw]:
@@ -880,8 +948,8 @@ def _scan(text: str) -> tuple[tuple[SecretMatch, ...], int]:
     # detector's pattern holds one of its needles, and the generic gate is the candidate pattern itself.
     if not _ANYTHING.search(haystack):
         return (), len(text)
-    present = _needles_present(text, haystack)
-    if len(text) <= PYTHON_NEEDLE_LIMIT and not present and not _may_hold_generic(text, haystack):
+    present = _needles_present(haystack)
+    if len(text) <= QUICK_DISMISS_CHARS and not present and not _may_hold_generic(text, haystack):
         return (), len(text)
     raws, cut = _raw_matches(text, haystack, present)
     if not raws:
