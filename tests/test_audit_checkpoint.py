@@ -20,8 +20,11 @@ from aegis_proxy.audit.checkpoint import (
     parse_checkpoint,
     sign_checkpoint,
     verify_checkpoint,
+    verify_checkpoint_keys,
 )
 from aegis_proxy.audit.errors import AuditError, VerificationError
+from aegis_proxy.audit.keys import TrustedKey
+from aegis_proxy.audit.keys import key_id as record_key_id
 from aegis_proxy.audit.merkle import consistency_proof, leaf_hash, root
 
 ORIGIN = "example.com/aegis/audit"
@@ -297,3 +300,43 @@ def test_signature_dataclass_is_frozen() -> None:
     sig = NoteSignature(NAME, b"abcd", b"x")
     with pytest.raises(AttributeError):
         sig.name = "other"  # type: ignore[misc]
+
+
+# verify_checkpoint_keys: checkpoints against the audit trusted-keys file (keys.TrustedKey with seq ranges)
+
+
+def _trusted(*entries: tuple[Ed25519PrivateKey, int, int | None]) -> dict[str, TrustedKey]:
+    trusted = {}
+    for key, first, last in entries:
+        kid = record_key_id(key.public_key())
+        trusted[kid] = TrustedKey(kid, key.public_key(), first, last)
+    return trusted
+
+
+@pytest.mark.parametrize(
+    ("entries", "size", "accepted"),
+    [
+        pytest.param([(KEY, 0, None)], 20, True, id="open-ended"),
+        pytest.param([(KEY, 0, 19)], 20, True, id="last-record-covered"),
+        pytest.param([(KEY, 0, 18)], 20, False, id="retired-before-the-last-record"),
+        pytest.param([(KEY, 20, None)], 20, False, id="starts-after-the-last-record"),
+        pytest.param([(KEY, 0, None)], 0, True, id="empty-tree"),
+        pytest.param([(OTHER_KEY, 0, None)], 20, False, id="another-key"),
+        pytest.param([(OTHER_KEY, 0, None), (KEY, 10, None)], 20, True, id="one-of-several"),
+    ],
+)
+def test_verify_checkpoint_keys_uses_key_ranges(
+    entries: list[tuple[Ed25519PrivateKey, int, int | None]], size: int, accepted: bool
+) -> None:
+    note = sign_checkpoint(Checkpoint(ORIGIN, size, root(LEAVES[:size])), "any-name/k1", KEY)
+    if accepted:
+        assert verify_checkpoint_keys(note, _trusted(*entries)).size == size
+    else:
+        with pytest.raises(VerificationError, match=f"checkpoint at size {size} has no signature by a trusted key"):
+            verify_checkpoint_keys(note, _trusted(*entries))
+
+
+def test_verify_checkpoint_keys_rejects_a_bad_signature_by_a_trusted_key() -> None:
+    forged = NOTE.replace(f"\n20\n{ROOT_B64}\n", f"\n19\n{ROOT_B64}\n")
+    with pytest.raises(VerificationError, match="does not match the checkpoint at size 19"):
+        verify_checkpoint_keys(forged, _trusted((KEY, 0, None)))

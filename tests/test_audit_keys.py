@@ -383,3 +383,87 @@ def test_countersign_requires_the_named_new_key() -> None:
 def test_rotation_info_shape() -> None:
     with pytest.raises(ValueError):
         RotationInfo(new_key_id=NEW_ID, new_public_key="ab" * 32, countersignature="00" * 63)
+
+
+# --- `aegis keys rotate`: the full round trip through the store and a trusted-keys file ------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from aegis_proxy.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_keys_rotate_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aegis_proxy.audit.store import AppendEntry, AuditStore, verify_chain
+
+    old_path, new_path, url, origin = (
+        tmp_path / "old.pem",
+        tmp_path / "new.pem",
+        f"sqlite:///{tmp_path / 'a.db'}",
+        "t/x",
+    )
+    code, generated, _ = _cli(capsys, "keys", "generate", str(old_path))
+    assert code == 0
+    assert _cli(capsys, "keys", "generate", str(new_path))[0] == 0
+    store = AuditStore(url, origin=origin, signer_key=load_key(old_path), replica="r1")
+    entry = AppendEntry(type="decision", decision="deny", tool="shell", arguments={"command": "ls"})
+    store.append([entry] * 4)
+
+    rotate = ["keys", "rotate", "--key", str(old_path), "--new-key", str(new_path), "--db", url, "--origin", origin]
+    code, out, _ = _cli(capsys, *rotate)
+    assert code == 0, out
+    assert "key_rotation record at seq 4" in out
+    with pytest.raises(AuditError, match="retired"):  # the running writer with the old key now fails closed
+        store.append([entry])
+    store.close()
+
+    # The verifiers' file: the old entry gets last_seq = 4, the new entry is printed whole.
+    old_entry = generated[generated.index("[[keys]]") :] + "last_seq = 4\n"
+    new_entry = out[out.index("[[keys]]") :]
+    trust_file = tmp_path / "trusted.toml"
+    trust_file.write_text(old_entry + "\n" + new_entry)
+    trusted = load_trusted_keys(trust_file)
+    assert [(t.first_seq, t.last_seq) for t in trusted.values()] == [(0, 4), (5, None)]
+
+    restarted = AuditStore(url, origin=origin, signer_key=load_key(new_path), replica="r1")
+    try:
+        assert restarted.append([entry]) == [5]
+        verify_chain(restarted, trusted)
+        for checkpoint in restarted.checkpoints():
+            checkpoint.verify(trusted)
+    finally:
+        restarted.close()
+    code, out, _ = _cli(capsys, "audit", "verify", "--db", url, "--origin", origin, "--trusted-keys", str(trust_file))
+    assert code == 0, out
+
+    # Without the update, verification stops at the rotation record.
+    stale = tmp_path / "stale.toml"
+    stale.write_text(generated[generated.index("[[keys]]") :])
+    code, out, _ = _cli(capsys, "audit", "verify", "--db", url, "--origin", origin, "--trusted-keys", str(stale))
+    assert code == 1
+    assert "seq 4" in out and "rotation: new key" in out
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing_new_key", "cannot open key file"),
+        ("same_key", "current key or was retired"),
+        ("loose_mode", "others can read it"),
+    ],
+)
+def test_keys_rotate_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, message: str) -> None:
+    old_path, new_path, url = tmp_path / "old.pem", tmp_path / "new.pem", f"sqlite:///{tmp_path / 'a.db'}"
+    generate_key(old_path)
+    if setup == "same_key":
+        new_path = old_path
+    elif setup == "loose_mode":
+        generate_key(new_path)
+        os.chmod(new_path, 0o644)
+    rotate = ["keys", "rotate", "--key", str(old_path), "--new-key", str(new_path), "--db", url, "--origin", "t/x"]
+    code, out, err = _cli(capsys, *rotate)
+    assert code == 2
+    assert message in err + out

@@ -13,6 +13,7 @@ from aegis_proxy.audit.merkle import (
     EMPTY_ROOT,
     CompactRange,
     MerkleFrontier,
+    MerkleTree,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -395,3 +396,18 @@ def test_well_shaped_random_proofs_never_verify(size: int, data: st.DataObject, 
     if old < size:
         with pytest.raises(VerificationError):
             verify_consistency(old, size, root(leaves[:old]), root(leaves), proof)
+
+
+def test_merkle_tree_gives_the_same_root_and_proofs_for_every_size_to_70() -> None:
+    for size in range(71):
+        leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+        tree = MerkleTree(leaves)
+        assert (tree.size, tree.root()) == (size, root(leaves))
+        for index in range(size):
+            assert tree.inclusion_proof(index) == inclusion_proof(index, leaves), (index, size)
+
+
+@pytest.mark.parametrize("index", [-1, 5])
+def test_merkle_tree_refuses_an_index_outside_it(index: int) -> None:
+    with pytest.raises(AuditError, match="outside a tree of size 5"):
+        MerkleTree([leaf_hash(bytes([i])) for i in range(5)]).inclusion_proof(index)

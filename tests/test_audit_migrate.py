@@ -6,22 +6,27 @@ import contextlib
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aegis_proxy.audit import migrate
 from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.keys import TrustedKey, key_id
-from aegis_proxy.audit.store import AppendEntry, AuditStore, metadata, verify_chain
+from aegis_proxy.audit.merkle import MerkleFrontier
+from aegis_proxy.audit.merkle import root as merkle_root
+from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, audit_records, metadata, verify_chain
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments"}
+AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments", "audit_checkpoints"}
+HEAD = "0002"
 AUDIT_INDEXES = {"ix_audit_records_time", "ix_audit_records_tool", "ix_audit_records_agent", "ix_audit_records_session"}
 
 
@@ -49,6 +54,8 @@ def pg_schema_url() -> Iterator[str]:
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.begin() as conn:
+            # A connection the test left in a transaction would block the drop forever: fail loudly instead.
+            conn.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 
@@ -89,7 +96,7 @@ def test_upgrade_creates_all_tables_on_empty_database(db_url: str) -> None:
     tables, indexes = inspect_db(db_url)
     assert tables == AUDIT_TABLES | {migrate.VERSION_TABLE}
     assert indexes == AUDIT_INDEXES
-    assert migrate.current_revision(db_url) == "0001"
+    assert migrate.current_revision(db_url) == HEAD
 
 
 def test_upgrade_is_idempotent_and_keeps_data(db_url: str) -> None:
@@ -102,7 +109,7 @@ def test_upgrade_is_idempotent_and_keeps_data(db_url: str) -> None:
         store.close()
     migrate.upgrade(db_url)
     migrate.upgrade(db_url)
-    assert migrate.current_revision(db_url) == "0001"
+    assert migrate.current_revision(db_url) == HEAD
     assert inspect_db(db_url)[0] == AUDIT_TABLES | {migrate.VERSION_TABLE}
     store = AuditStore(db_url, origin="test/migrate", signer_key=key, replica="r1")
     try:
@@ -144,7 +151,7 @@ def test_concurrent_upgrades_in_one_process_all_succeed(db_url: str) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert migrate.current_revision(db_url) == "0001"
+    assert migrate.current_revision(db_url) == HEAD
     assert schema_diffs(db_url) == []
 
 
@@ -164,15 +171,15 @@ def test_concurrent_upgrades_from_many_processes_on_postgresql() -> None:
         for child in children:
             child.join(timeout=60)
         assert [child.exitcode for child in children] == [0, 0, 0, 0]
-        assert migrate.current_revision(db_url) == "0001"
+        assert migrate.current_revision(db_url) == HEAD
         assert schema_diffs(db_url) == []
 
 
-def test_single_head_named_0001() -> None:
+def test_single_head() -> None:
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory(str(migrate.MIGRATIONS_DIR))
-    assert script.get_heads() == ["0001"]
+    assert script.get_heads() == [HEAD]
 
 
 def test_missing_migrations_folder_raises_with_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -193,3 +200,131 @@ def test_bad_url_raises_audit_error(url: str) -> None:
         migrate.upgrade(url)
     with pytest.raises(AuditError, match="cannot read"):
         migrate.current_revision(url)
+
+
+# --- revision 0002: checkpoints and the Merkle frontier ---------------------------------------------------------------
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+KEY_ID = key_id(KEY.public_key())
+
+
+def alembic(url: str, action: Callable[[Config, str], None], revision: str) -> None:
+    """Run an Alembic command (upgrade/downgrade/stamp) to `revision` the way migrate.upgrade does."""
+    config = migrate._config()
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.begin()
+            config.attributes["connection"] = connection
+            action(config, revision)
+            connection.commit()
+    finally:
+        engine.dispose()
+
+
+def head_frontier(url: str, origin: str) -> bytes:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bytes(
+                conn.execute(sa.select(audit_head.c.frontier).where(audit_head.c.origin == origin)).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def leaf_hashes(url: str, origin: str) -> list[bytes]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(audit_records.c.leaf_hash).where(audit_records.c.origin == origin)
+            return [bytes(leaf) for leaf in conn.execute(query.order_by(audit_records.c.seq)).scalars()]
+    finally:
+        engine.dispose()
+
+
+def write_log(url: str, origin: str, records: int) -> None:
+    store = AuditStore(url, origin=origin, signer_key=KEY, replica="r1", checkpoint_every=10_000)
+    try:
+        store.append(
+            [AppendEntry(type="decision", decision="deny", tool="t", arguments={"n": i}) for i in range(records)]
+        )
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("records", [0, 1, 37])
+def test_upgrade_from_0001_computes_the_frontier_of_existing_records(db_url: str, records: int) -> None:
+    write_log(db_url, "test/old", records)
+    expected = head_frontier(db_url, "test/old")
+    alembic(db_url, command.downgrade, "0001")
+    assert migrate.current_revision(db_url) == "0001"
+    assert inspect_db(db_url)[0] == AUDIT_TABLES - {"audit_checkpoints"} | {migrate.VERSION_TABLE}
+    migrate.upgrade(db_url)
+    frontier = MerkleFrontier()
+    frontier.extend(leaf_hashes(db_url, "test/old"))
+    assert head_frontier(db_url, "test/old") == expected == b"".join(frontier.state()[1])
+    assert schema_diffs(db_url) == []
+    if records:  # the first checkpoint after the upgrade covers the records written before it
+        store = AuditStore(db_url, origin="test/old", signer_key=KEY, replica="r1")
+        try:
+            assert store.checkpoint().root_hash == merkle_root(leaf_hashes(db_url, "test/old"))
+            verify_chain(store, {KEY_ID: TrustedKey(KEY_ID, KEY.public_key(), 0)})
+        finally:
+            store.close()
+
+
+def test_database_made_by_create_all_is_adopted_as_0001(db_url: str) -> None:
+    # Earlier builds made the 0001 tables with metadata.create_all: same tables, no version table.
+    write_log(db_url, "test/adopted", 3)
+    alembic(db_url, command.downgrade, "0001")
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+    engine.dispose()
+    assert migrate.current_revision(db_url) is None
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == HEAD
+    assert schema_diffs(db_url) == []
+    assert len(leaf_hashes(db_url, "test/adopted")) == 3
+
+
+def test_upgrade_refuses_a_log_with_a_gap_and_changes_nothing(db_url: str) -> None:
+    write_log(db_url, "test/gap", 5)
+    alembic(db_url, command.downgrade, "0001")
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(audit_records).where(audit_records.c.seq == 2))
+    engine.dispose()
+    with pytest.raises(AuditError, match="expected seq 2, found 3"):
+        migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == "0001"  # one transaction: the failed upgrade left nothing behind
+    assert inspect_db(db_url)[0] == AUDIT_TABLES - {"audit_checkpoints"} | {migrate.VERSION_TABLE}
+
+
+def test_side_tables_are_created_once_when_replicas_start_together() -> None:
+    """Approvals and MCP pins tables beside the log: replicas racing on an empty PostgreSQL must all start."""
+    import threading
+
+    from aegis_proxy.approvals import ApprovalStore
+    from aegis_proxy.tool_pins import SqlPinStore
+
+    with pg_schema_url() as url:
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def start(kind: type) -> None:
+            barrier.wait()
+            try:
+                kind(url).close()
+            except BaseException as error:  # collected and reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=start, args=(kind,)) for kind in (ApprovalStore, SqlPinStore) * 3]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        tables, _ = inspect_db(url)
+        assert {"approvals", "mcp_tool_pins"} <= tables

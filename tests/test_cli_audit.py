@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import queue
+import signal
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,8 @@ import sqlalchemy as sa
 from aegis_proxy.audit.keys import load_key
 from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, audit_records
 from aegis_proxy.cli import AUDIT_COMMANDS, KEYS_COMMANDS, build_parser, main
+from tests.audit_support import Log as DbLog
+from tests.audit_support import db_log_fixture, db_url_fixture  # noqa: F401 - fixtures
 
 ORIGIN = "proxy.example/test"
 # (effect, tool, agent, session) of records 0..4
@@ -125,11 +132,12 @@ def test_keys_generate_refuses_to_overwrite(tmp_path: Path, capsys: pytest.Captu
 def test_verify_passes_and_prints_numbered_steps(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = verify(log, capsys)
     assert code == 0, out
-    for number in range(1, 6):
+    for number in range(1, 9):
         assert f"  {number}. " in out
-    assert out.count(": OK") == 5
+    assert out.count(": OK") == 6
+    assert "  7. trusted checkpoints are signed by trusted keys and name this log: skipped" in out
     assert "5 records verified (seq 0..4)" in out
-    assert "unanchored" in out  # never a silent OK without a checkpoint
+    assert "unanchored: seq 0..4 (5 records; anchored by no --trusted checkpoint)" in out  # never a silent OK
 
 
 def test_verify_names_the_seq_of_an_edited_body_byte(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
@@ -333,3 +341,232 @@ def _leaf(log: Log, seq: int) -> str:
     with log.engine.connect() as conn:
         query = sa.select(audit_records.c.leaf_hash).where(audit_records.c.seq == seq)
         return bytes(conn.execute(query).scalar_one()).hex()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# On SQLite and PostgreSQL: verify with checkpoints and exports, checkpoint, export, tail, list --rule (audit_support)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def db_args(db_log: DbLog, *extra: str) -> list[str]:
+    return [*extra, "--db", db_log.url, "--origin", db_log.origin]
+
+
+def test_verify_against_an_exported_checkpoint(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    anchor = db_log.export_checkpoint(6)
+    trusted = ["--trusted-keys", str(db_log.trusted_path), "--trusted", str(anchor)]
+    code, out, _ = run(db_args(db_log, "audit", "verify", *trusted), capsys)
+    assert code == 0, out
+    assert "  8. the log is a consistent extension of every trusted checkpoint: OK (trusted sizes 6)" in out
+    assert "unanchored: seq 6..7 (2 records; anchored by the trusted checkpoint at size 6)" in out
+    code, out, _ = run(
+        db_args(db_log, "audit", "verify", *trusted[:2], "--trusted", str(db_log.export_checkpoint())), capsys
+    )
+    assert code == 0 and "anchored: every record is covered by the trusted checkpoint at size 8" in out
+
+
+def test_verify_names_the_truncation_an_anchor_reveals(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    anchor = db_log.export_checkpoint()
+    db_log.delete(6, 7)
+    db_log.delete_checkpoints_from(7)
+    db_log.reset_head()
+    argv = db_args(db_log, "audit", "verify", "--trusted-keys", str(db_log.trusted_path), "--trusted", str(anchor))
+    code, out, _ = run(argv, capsys)
+    assert code == 1
+    assert "  7. trusted checkpoints are signed by trusted keys and name this log: OK" in out
+    assert (
+        "  8. the log is a consistent extension of every trusted checkpoint: FAILED at seq 6 (checkpoint size 8)" in out
+    )
+    assert "records 6..7 were deleted" in out and "unanchored" not in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        pytest.param(["--trusted", "{tmp}/missing.checkpoint"], "cannot read checkpoint", id="missing-anchor-file"),
+        pytest.param(["--export", "{tmp}/x.jsonl"], "not both", id="db-and-export"),
+    ],
+)
+def test_verify_checkpoint_usage_errors(
+    db_log: DbLog, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    flags = [f.replace("{tmp}", str(db_log.tmp_path)) for f in flags]
+    code, _, err = run(db_args(db_log, "audit", "verify", "--trusted-keys", str(db_log.trusted_path), *flags), capsys)
+    assert code == 2 and expected in err
+
+
+def test_export_then_verify_the_file(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    db_log.store.checkpoint()
+    out_file = db_log.tmp_path / "audit.jsonl"
+    code, out, _ = run(
+        db_args(db_log, "audit", "export", "--format", "jsonl", "--proofs", "--out", str(out_file)), capsys
+    )
+    assert code == 0 and out == ""
+    assert len(out_file.read_text().splitlines()) == 9
+    verify_argv = ["audit", "verify", "--export", str(out_file), "--trusted-keys", str(db_log.trusted_path)]
+    code, out, _ = run([*verify_argv, "--origin", db_log.origin], capsys)
+    assert code == 0, out
+    assert f"verifying export {out_file} of log {db_log.origin!r}" in out
+    assert "  6. every inclusion proof leads from its record to the checkpoint's root: OK (8 proofs)" in out
+    assert "unanchored: seq 0..7" in out
+    code, out, _ = run([*verify_argv, "--trusted", str(db_log.export_checkpoint())], capsys)
+    assert code == 0 and "anchored: every record" in out
+    code, out, _ = run([*verify_argv, "--origin", "someone/else"], capsys)
+    assert code == 1 and "the export is of log" in out
+
+
+def test_export_to_stdout_and_a_tampered_export(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(db_args(db_log, "audit", "export"), capsys)
+    assert code == 0
+    lines = out.splitlines(keepends=True)
+    assert json.loads(lines[0])["proofs"] is False and len(lines) == 9
+    tampered = db_log.tmp_path / "tampered.jsonl"
+    tampered.write_text("".join([lines[0], lines[1], lines[3], *lines[4:]]))
+    argv = ["audit", "verify", "--export", str(tampered), "--trusted-keys", str(db_log.trusted_path)]
+    code, out, _ = run(argv, capsys)
+    assert code == 1
+    assert "  2. every line is a well-formed record line" in out and "FAILED at seq 1: line 3: seq 2 is not" in out
+
+
+def test_export_proofs_without_a_checkpoint_is_usage(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(db_args(db_log, "audit", "export", "--proofs"), capsys)
+    assert code == 2 and "no stored checkpoint" in err
+
+
+def test_checkpoint_show_and_export(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    trusted = ["--trusted-keys", str(db_log.trusted_path)]
+    code, out, _ = run(db_args(db_log, "audit", "checkpoint"), capsys)
+    assert code == 0 and "has no stored checkpoint yet (8 records)" in out
+    db_log.store.checkpoint()
+    db_log.append(2)
+    code, out, _ = run(db_args(db_log, "audit", "checkpoint", *trusted), capsys)
+    assert code == 0, out
+    assert f"checkpoint of log {db_log.origin!r} at size 8" in out
+    assert "  signature: OK" in out and "  log's tree at size 8: OK" in out
+    assert "2 records after the newest checkpoint (seq 8..9) are not covered yet" in out
+    folder = db_log.tmp_path / "anchors"
+    folder.mkdir()
+    code, out, _ = run(db_args(db_log, "audit", "checkpoint", *trusted, "--export", str(folder)), capsys)
+    written = folder / "proxy.example_tamper.8.checkpoint"
+    assert code == 0 and f"{written}: written" in out
+    assert written.read_text() == db_log.store.latest_checkpoint().note  # type: ignore[union-attr]
+    code, out, _ = run(db_args(db_log, "audit", "checkpoint", *trusted, "--export", str(folder)), capsys)
+    assert code == 0 and "already exported" in out
+    # the exported note anchors the log
+    verify_argv = db_args(db_log, "audit", "verify", *trusted, "--trusted", str(written))
+    code, out, _ = run(verify_argv, capsys)
+    assert code == 0 and "unanchored: seq 8..9" in out
+
+
+def test_checkpoint_export_refuses_a_checkpoint_that_does_not_verify(
+    db_log: DbLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_log.store_checkpoint(5, db_log.note(5, leaves=[bytes(32)] * 8))  # signed, but not this log's tree
+    folder = db_log.tmp_path / "anchors"
+    folder.mkdir()
+    argv = db_args(db_log, "audit", "checkpoint", "--trusted-keys", str(db_log.trusted_path), "--export", str(folder))
+    code, out, _ = run(argv, capsys)
+    assert code == 1
+    assert "log's tree at size 5: the log's first 5 records have another root" in out and "not written" in out
+    assert list(folder.iterdir()) == []
+
+
+def test_checkpoint_export_never_overwrites_a_different_checkpoint(
+    db_log: DbLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_log.store.checkpoint()
+    folder = db_log.tmp_path / "anchors"
+    folder.mkdir()
+    existing = folder / "proxy.example_tamper.8.checkpoint"
+    existing.write_text(db_log.note(8, leaves=[bytes(32)] * 8))  # another history of the same size
+    argv = db_args(db_log, "audit", "checkpoint", "--trusted-keys", str(db_log.trusted_path), "--export", str(folder))
+    code, out, _ = run(argv, capsys)
+    assert code == 1 and "FORK" in out
+    assert existing.read_text() == db_log.note(8, leaves=[bytes(32)] * 8)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        pytest.param(["--export", "{tmp}"], "needs --trusted-keys", id="export-without-keys"),
+        pytest.param(["--trusted-keys", "{keys}", "--export", "{tmp}/none"], "is not a directory", id="no-directory"),
+        pytest.param(["--count", "0"], "at least 1", id="zero-count"),
+    ],
+)
+def test_checkpoint_usage_errors(
+    db_log: DbLog, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    flags = [f.replace("{tmp}", str(db_log.tmp_path)).replace("{keys}", str(db_log.trusted_path)) for f in flags]
+    code, _, err = run(db_args(db_log, "audit", "checkpoint", *flags), capsys)
+    assert code == 2 and expected in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "seqs"),
+    [
+        pytest.param(["--rule", "no-curl-pipe-sh"], [1, 3], id="rule"),
+        pytest.param(["--rule", "no-curl-pipe-sh", "--limit", "1"], [3], id="rule-limit-keeps-most-recent"),
+        pytest.param(["--rule", "no-curl-pipe-sh", "--effect", "deny", "--tool", "shell"], [1], id="rule-and-columns"),
+        pytest.param(["--rule", "no-such-rule"], [], id="rule-no-match"),
+        pytest.param(["--since", "1h"], list(range(8)), id="since-relative"),
+        pytest.param(["--until", "1h"], [], id="until-relative"),
+        pytest.param(["--since", "2d", "--until", "2026-11-29T00:00:00Z", "--rule", "no-rm-rf"], [], id="mixed"),
+    ],
+)
+def test_list_rule_and_relative_times(
+    db_log: DbLog, capsys: pytest.CaptureFixture[str], flags: list[str], seqs: list[int]
+) -> None:
+    code, out, _ = run(db_args(db_log, "audit", "list", "--json", *flags), capsys)
+    assert code == 0
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == seqs
+
+
+def test_list_rule_reports_bodies_it_cannot_read(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    db_log.update(2, body=b"not json")
+    code, out, err = run(db_args(db_log, "audit", "list", "--json", "--rule", "no-curl-pipe-sh"), capsys)
+    assert code == 0 and [json.loads(line)["seq"] for line in out.splitlines()] == [1, 3]
+    assert "warning: seq 2: body does not parse" in err
+
+
+def test_list_rejects_a_bad_relative_time(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(db_args(db_log, "audit", "list", "--since", "5x"), capsys)
+    assert code == 2 and "nor an age like 15m" in err
+
+
+def test_tail_prints_the_last_records(db_log: DbLog, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(db_args(db_log, "audit", "tail", "-n", "2"), capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["SEQ", "TIME", "TYPE", "EFFECT", "TOOL", "AGENT", "SESSION"]
+    assert [line.split()[0] for line in lines[1:]] == ["6", "7"]
+    assert lines[2].split()[2:] == ["decision", "deny", "write_file", "a1", "s1"]
+    code, out, _ = run(db_args(db_log, "audit", "tail", "--json", "-n", "3"), capsys)
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [5, 6, 7]
+
+
+def test_tail_follow_prints_new_records_and_exits_0_on_ctrl_c(db_log: DbLog) -> None:
+    argv = [sys.executable, "-m", "aegis_proxy.cli", "audit", "tail", "-f", "-n", "1", "--json", "--interval", "0.1"]
+    process = subprocess.Popen(
+        db_args(db_log, *argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    seen: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [seen.put(line) for line in process.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        assert json.loads(seen.get(timeout=60))["seq"] == 7  # -n 1: the last record, then it follows
+        db_log.append(2)
+        assert [json.loads(seen.get(timeout=30))["seq"] for _ in range(2)] == [8, 9]
+        db_log.append(1)
+        assert json.loads(seen.get(timeout=30))["seq"] == 10
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    assert code == 0, process.stderr.read()  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from aegis_proxy.audit.errors import AuditError, VerificationError
+from aegis_proxy.audit.keys import TrustedKey
 from aegis_proxy.audit.merkle import HASH_SIZE, MAX_TREE_SIZE, verify_consistency
 
 SIGNATURE_PREFIX = "— "  # em dash U+2014 and a space
@@ -214,6 +215,55 @@ def verify_checkpoint(text: str, trusted: Mapping[str, Ed25519PublicKey]) -> Che
             f"checkpoint at size {checkpoint.size} has no signature by a trusted key (signed by: {names})",
             index=checkpoint.size,
             hint="check the trusted key names and public keys; a key id mismatch means a different key signed it",
+        )
+    return checkpoint
+
+
+def may_sign_size(trusted: TrustedKey, size: int) -> bool:
+    """Whether a record key may sign a checkpoint of `size` leaves: its range covers the tree's last record
+    (size - 1; seq 0 for the empty tree). The same rule as the store's (store.verify_note): the key that signed the
+    records up to a checkpoint signs it, and a retired key's signature on a later tree does not count.
+    """
+    return trusted.covers(max(size - 1, 0))
+
+
+def verify_checkpoint_keys(text: str, trusted_keys: Mapping[str, TrustedKey]) -> Checkpoint:
+    """Verify a note against the audit trusted-keys file (keys.load_trusted_keys) instead of a name -> key map.
+
+    Signature lines are matched to trusted keys by their C2SP key id, `key_id(line name, public key)`, so the signer
+    name is whatever the log used (its origin, usually) and several trusted keys may sign under one name (rotation).
+    A matching line that does not verify is tampering: rejected. At least one signature by a key whose trusted
+    range covers the checkpoint's size (`may_sign_size`) must verify.
+    """
+    body_text, checkpoint, signatures = _parse_note(text)
+    body = body_text.encode("utf-8")
+    accepted, out_of_range = False, []
+    for sig in signatures:
+        for trusted in trusted_keys.values():
+            if sig.key_id != key_id(sig.name, trusted.public_key):
+                continue
+            if len(sig.signature) != _ED25519_SIG_SIZE:
+                raise VerificationError(
+                    f"signature by trusted key {trusted.key_id} is not {_ED25519_SIG_SIZE} bytes", index=checkpoint.size
+                )
+            try:
+                trusted.public_key.verify(sig.signature, body)
+            except InvalidSignature:
+                raise VerificationError(
+                    f"signature by trusted key {trusted.key_id} does not match the checkpoint "
+                    f"at size {checkpoint.size}",
+                    index=checkpoint.size,
+                ) from None
+            if may_sign_size(trusted, checkpoint.size):
+                accepted = True
+            else:
+                out_of_range.append(f"{trusted.key_id} (valid {trusted.range_text()})")
+    if not accepted:
+        detail = f"; signed only by keys outside their range: {', '.join(out_of_range)}" if out_of_range else ""
+        raise VerificationError(
+            f"checkpoint at size {checkpoint.size} has no signature by a trusted key valid at that size{detail}",
+            index=checkpoint.size,
+            hint="check the trusted-keys file; a checkpoint signed by another key is not this log's",
         )
     return checkpoint
 

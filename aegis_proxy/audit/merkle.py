@@ -205,6 +205,47 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         raise VerificationError(f"size {new_size} root does not extend the size {old_size} root", index=new_size)
 
 
+class MerkleTree:
+    """Every level of the tree over `leaves`, hashed once (O(n)): the root, and any inclusion proof in O(log n).
+
+    For exports that carry a proof per record; `inclusion_proof(index, leaves)` would rehash O(n) per proof. An
+    unpaired last node is carried up unchanged, which is exactly RFC 6962's left-balanced tree (see `_mth`), so a
+    node's sibling is the neighbour on its level, and a level where the path's node was carried adds nothing.
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        _check_leaf_hashes(leaves)
+        levels = [list(leaves)]
+        while len(levels[-1]) > 1:
+            level = levels[-1]
+            nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            levels.append(nxt)
+        self._levels = levels
+
+    @property
+    def size(self) -> int:
+        return len(self._levels[0])
+
+    def root(self) -> bytes:
+        return self._levels[-1][0] if self._levels[0] else EMPTY_ROOT
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """The same path as `inclusion_proof(index, leaves)`, bottom-up."""
+        if not 0 <= index < self.size:
+            raise AuditError(f"leaf index {index} is outside a tree of size {self.size}", hint="index must be < size")
+        proof: list[bytes] = []
+        for level in self._levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):
+                proof.append(level[sibling])
+            index >>= 1
+        return proof
+
+
 class MerkleFrontier:
     """The tree's right edge: one hash per perfect subtree, largest first (one per set bit of `size`).
 

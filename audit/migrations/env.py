@@ -9,11 +9,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, text
 
-from aegis_proxy.audit.migrate import VERSION_TABLE
+from aegis_proxy.audit.migrate import PG_MIGRATION_LOCK, VERSION_TABLE
 from aegis_proxy.audit.store import metadata
-
-# Any constant works; it only has to be the same in every process that migrates this database.
-_PG_MIGRATION_LOCK = 0x41454753  # "AEGS"
 
 
 def _run(connection: Connection) -> None:
@@ -22,7 +19,8 @@ def _run(connection: Connection) -> None:
         if connection.dialect.name == "postgresql":
             # Replicas starting together would otherwise race to create the same tables; the lock is taken before
             # Alembic reads the current revision, so the loser sees the winner's committed revision and does nothing.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            # (migrate.upgrade has taken it already; advisory locks nest within one session.)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
         context.run_migrations()
 
 

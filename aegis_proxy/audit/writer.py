@@ -1,0 +1,258 @@
+"""Group commit in front of the audit store: many callers, one thread, one transaction per batch.
+
+Callers `submit(entry)` and get a future of the record's seq; the writer thread drains the queue into batches of up to
+`max_batch` entries and appends each batch in one transaction, so N concurrent calls cost about one commit (one fsync)
+instead of N. A caller applies its effect only after its future resolved: the record is durable by then.
+
+Fail closed, fast: a full queue, a closed writer or an entry the record schema refuses raises AuditError at `submit`
+(the call is denied at once, and a bad entry never poisons a batch of good ones); a batch the store cannot write fails
+every future in it. The thread also gives the store its checkpoint cadence (`checkpoint_if_due`, when the store has it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from pydantic import ValidationError
+
+from aegis_proxy.audit.errors import AuditError
+from aegis_proxy.audit.record import ZERO_HASH, RecordBody, format_time
+from aegis_proxy.audit.store import AppendEntry, AuditStore
+
+log = logging.getLogger("aegis_proxy.audit")
+
+_STOP = object()  # queue sentinel: flush what came before it, then end
+_PLACEHOLDER_KEY_ID = "0" * 32
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def check_entry(entry: AppendEntry) -> None:
+    """Raise AuditError if the store would refuse this entry whatever the database state (schema, canonical form).
+
+    Checked by building the body the store would build, with placeholder chain fields; the arguments are checked for
+    what RFC 8785 cannot represent (floats that are not finite, integers beyond 2^53, lone surrogates).
+    """
+    try:
+        RecordBody(
+            origin="check",
+            seq=_MAX_SAFE_INTEGER,  # the largest seq: any real ref_seq points before it
+            prev=ZERO_HASH,
+            type=entry.type,
+            time=format_time(dt.datetime.now(dt.UTC)),
+            replica="check",
+            request_id=entry.request_id,
+            session_id=entry.session_id,
+            agent_id=entry.agent_id,
+            tool=entry.tool,
+            args_commit=None if entry.arguments is None else ZERO_HASH,
+            decision=entry.decision,
+            rules=tuple(entry.rules),
+            policy_digest=entry.policy_digest,
+            findings=tuple(entry.findings),
+            scores=dict(entry.scores),
+            approver=entry.approver,
+            ref_seq=entry.ref_seq,
+            latency_us=entry.latency_us,
+            key_id=_PLACEHOLDER_KEY_ID,
+            rotation=None,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "entry"
+        raise AuditError(
+            f"audit entry refused: {where}: {first['msg']}"[:300], hint="the call is denied; fix the field's source"
+        ) from None
+    if entry.arguments is not None:
+        problem = _json_problem(entry.arguments, "arguments", 0)
+        if problem:
+            raise AuditError(f"audit entry refused: {problem}", hint="the call is denied; arguments must be JSON")
+
+
+def _json_problem(value: Any, path: str, depth: int) -> str:
+    """Why `value` has no RFC 8785 form ("" when it has one). Iterative depth is bounded by the extractor upstream."""
+    if depth > 256:
+        return f"{path} nests deeper than 256 levels"
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, int):
+        return "" if abs(value) <= _MAX_SAFE_INTEGER else f"{path} is an integer beyond 2^53"
+    if isinstance(value, float):
+        return "" if value == value and abs(value) != float("inf") else f"{path} is not a finite number"
+    if isinstance(value, str):
+        return "" if _encodable(value) else f"{path} holds a lone surrogate"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _encodable(key):
+                return f"{path} has a key that is not a valid string"
+            problem = _json_problem(item, f"{path}.{key[:32]}", depth + 1)
+            if problem:
+                return problem
+        return ""
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{path}[{index}]", depth + 1)
+            if problem:
+                return problem
+        return ""
+    return f"{path} is a {type(value).__name__}, not JSON"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class AuditWriter:
+    """One background thread appending batches to `store`. Thread-safe; share one per process."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        max_batch: int = 256,
+        max_queue: int = 10_000,
+        linger: float = 0.0,
+        checkpoint_interval: float = 1.0,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or linger < 0 or checkpoint_interval <= 0:
+            raise AuditError(
+                "audit writer settings out of range",
+                hint="max_batch and max_queue >= 1, linger >= 0, checkpoint_interval > 0",
+            )
+        self.store = store
+        self.max_batch = max_batch
+        self.linger = linger
+        self.checkpoint_interval = checkpoint_interval
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._closed = False
+        self._close_lock = threading.Lock()  # submit vs close: nothing is enqueued after the stop sentinel
+        self._next_checkpoint = time.monotonic() + checkpoint_interval
+        self._thread = threading.Thread(target=self._run, name="aegis-audit-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, entry: AppendEntry) -> Future[int]:
+        """Queue one entry; the future resolves to its seq once committed, or fails with AuditError."""
+        check_entry(entry)
+        future: Future[int] = Future()
+        with self._close_lock:
+            if self._closed:
+                raise AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
+            if not self._thread.is_alive():
+                raise AuditError("the audit writer thread is not running", hint="the call is denied; restart aegis")
+            try:
+                self._queue.put_nowait((entry, future))
+            except queue.Full:
+                raise AuditError(
+                    "the audit queue is full", hint="the call is denied; the audit database is too slow or down"
+                ) from None
+        return future
+
+    def append_sync(self, entry: AppendEntry, timeout: float = 5.0) -> int:
+        """Submit and wait until the record is durable; its seq. Raises AuditError (also on timeout)."""
+        future = self.submit(entry)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            # Withdraw it if the thread has not taken it yet; a record already in a commit may still land (the call
+            # is denied either way: the log then holds a record of a call that did not run, never the reverse).
+            future.cancel()
+            raise AuditError(
+                f"the audit record was not committed within {timeout:g} s",
+                hint="the call is denied; check the audit database",
+            ) from None
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Flush what is queued, then stop the thread. Idempotent."""
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                try:  # a full queue drains while we wait; a dead thread never would
+                    self._queue.put(_STOP, timeout=timeout)
+                except queue.Full:
+                    log.error("audit writer: queue still full at close; %d entries not written", self._queue.qsize())
+        self._thread.join(timeout)
+
+    def __enter__(self) -> AuditWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the thread ---------------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self._until_checkpoint())
+            except queue.Empty:
+                self._checkpoint()
+                continue
+            batch: list[tuple[AppendEntry, Future[int]]] = []
+            stopping = self._take(first, batch)
+            deadline = time.monotonic() + self.linger
+            while not stopping and len(batch) < self.max_batch:
+                try:
+                    remaining = deadline - time.monotonic()
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stopping = self._take(item, batch)
+            if batch:
+                self._commit(batch)
+            self._checkpoint()
+
+    @staticmethod
+    def _take(item: Any, batch: list[tuple[AppendEntry, Future[int]]]) -> bool:
+        if item is _STOP:
+            return True
+        batch.append(item)
+        return False
+
+    def _commit(self, batch: list[tuple[AppendEntry, Future[int]]]) -> None:
+        live = [(entry, future) for entry, future in batch if future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            seqs = self.store.append([entry for entry, _ in live])
+            if len(seqs) != len(live):
+                raise AuditError(f"store returned {len(seqs)} seqs for {len(live)} records", hint="a store bug")
+        except Exception as error:  # AuditError, or a store bug: either way nothing of the batch is known durable
+            failure = error if isinstance(error, AuditError) else AuditError(f"audit append failed: {error!r}")
+            log.error("audit batch of %d failed: %s", len(live), failure.message)
+            for _, future in live:  # one exception object per waiter: raising it appends to its traceback
+                own = AuditError(failure.message, hint=failure.hint or "the call is denied")
+                own.__cause__ = failure
+                future.set_exception(own)
+            return
+        for (_, future), seq in zip(live, seqs, strict=True):
+            future.set_result(seq)
+
+    def _until_checkpoint(self) -> float:
+        return max(0.0, self._next_checkpoint - time.monotonic())
+
+    def _checkpoint(self) -> None:
+        if time.monotonic() < self._next_checkpoint:
+            return
+        self._next_checkpoint = time.monotonic() + self.checkpoint_interval
+        due = getattr(self.store, "checkpoint_if_due", None)
+        if due is None:
+            return
+        try:
+            due()
+        except Exception:  # a checkpoint failure must not stop appends; the next tick retries
+            log.exception("audit checkpoint failed")

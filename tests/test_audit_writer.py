@@ -1,0 +1,291 @@
+"""Audit writer: group commit, durability before the future resolves, fail-fast and fail-closed paths, checkpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aegis_proxy.audit.errors import AuditError
+from aegis_proxy.audit.keys import TrustedKey, key_id
+from aegis_proxy.audit.record import FindingSummary
+from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records, verify_chain
+from aegis_proxy.audit.writer import AuditWriter, check_entry
+
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+KEY_ID = key_id(KEY.public_key())
+TRUSTED = {KEY_ID: TrustedKey(KEY_ID, KEY.public_key(), 0)}
+
+
+class CountingStore(AuditStore):
+    """A real store that also counts its batches and checkpoint ticks (to observe group commit and the cadence)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.batches: list[int] = []
+        self.ticks = 0
+        self.tick_error: Exception | None = None
+
+    def append(self, entries: Sequence[AppendEntry]) -> list[int]:
+        self.batches.append(len(entries))
+        return super().append(entries)
+
+    def checkpoint_if_due(self) -> None:
+        self.ticks += 1
+        if self.tick_error is not None:
+            raise self.tick_error
+
+
+def entry(n: int = 0, **changes: object) -> AppendEntry:
+    values: dict[str, object] = {
+        "type": "decision",
+        "decision": "allow",
+        "tool": "read_file",
+        "arguments": {"path": f"f{n}"},
+        "session_id": "s1",
+    }
+    values.update(changes)
+    return AppendEntry(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    try:
+        sa.create_engine(PG_URL).connect().close()
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable (these tests must run on it): {error}")
+    return PG_URL
+
+
+def _cleanup(store: AuditStore) -> None:
+    with store.engine.begin() as conn:
+        for table in (audit_records, audit_head, audit_arguments):
+            conn.execute(sa.delete(table).where(table.c.origin == store.origin))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[CountingStore]:
+    audit_store = CountingStore(db_url, origin=f"test/{uuid.uuid4().hex}", signer_key=KEY, replica="r1")
+    yield audit_store
+    _cleanup(audit_store)
+    audit_store.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[CountingStore]:
+    audit_store = CountingStore(
+        f"sqlite:///{tmp_path / 'audit.db'}", origin="test/writer", signer_key=KEY, replica="r1"
+    )
+    yield audit_store
+    audit_store.close()
+
+
+def test_seqs_are_contiguous_and_the_chain_verifies(store: CountingStore) -> None:
+    with AuditWriter(store) as writer:
+        seqs = [writer.append_sync(entry(n)) for n in range(5)]
+    assert seqs == [0, 1, 2, 3, 4]
+    verify_chain(store, TRUSTED)
+
+
+def test_concurrent_submitters_share_commits(store: CountingStore) -> None:
+    threads, per_thread = 8, 40
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        for i in range(per_thread):
+            seq = writer.append_sync(entry(t * 1000 + i))
+            with lock:
+                results.append(seq)
+
+    with AuditWriter(store) as writer:
+        pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    total = threads * per_thread
+    assert sorted(results) == list(range(total))
+    assert sum(store.batches) == total
+    assert len(store.batches) < total  # some commits carried more than one record
+    verify_chain(store, TRUSTED)
+
+
+def test_batches_never_exceed_max_batch(store: CountingStore) -> None:
+    with AuditWriter(store, max_batch=7, linger=0.05) as writer:
+        futures = [writer.submit(entry(n)) for n in range(50)]
+        assert [f.result(30) for f in futures] == list(range(50))
+    assert max(store.batches) <= 7 and sum(store.batches) == 50
+
+
+def test_close_flushes_everything_queued(store: CountingStore) -> None:
+    writer = AuditWriter(store)
+    futures = [writer.submit(entry(n)) for n in range(300)]
+    writer.close()
+    assert [f.result(0) for f in futures] == list(range(300))
+    assert store.head()[0] == 299
+    writer.close()  # idempotent
+
+
+def test_submit_after_close_is_refused(store: CountingStore) -> None:
+    writer = AuditWriter(store)
+    writer.close()
+    assert writer.closed
+    with pytest.raises(AuditError, match="closed"):
+        writer.submit(entry())
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"tool": "bad\ntool"}, "tool"),
+        ({"session_id": "x" * 300}, "session_id"),
+        ({"decision": "maybe"}, "decision"),
+        ({"arguments": None}, "args_commit"),  # a decision record must commit to arguments
+        ({"arguments": {"n": 2**60}}, "beyond 2\\^53"),
+        ({"arguments": {"n": float("nan")}}, "not a finite number"),
+        ({"arguments": {"s": "\ud800"}}, "lone surrogate"),
+        ({"arguments": {"o": object()}}, "not JSON"),
+        ({"type": "approval", "decision": "allow", "ref_seq": None}, "ref_seq"),
+        ({"findings": (FindingSummary(category="x", severity="high", path="a"),), "rules": ("ok", "")}, "rules"),
+    ],
+)
+def test_unwritable_entries_are_refused_at_submit(changes: dict[str, object], problem: str) -> None:
+    with pytest.raises(AuditError, match=problem):
+        check_entry(entry(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"type": "approval", "decision": "allow", "ref_seq": 2**53 - 2, "approver": "alice", "arguments": None},
+        {"type": "timeout", "decision": None, "ref_seq": 0, "arguments": None},
+        {"type": "policy_reload", "decision": None, "tool": None, "arguments": None, "policy_digest": "ab" * 32},
+        {"arguments": {"f": 1.5, "nested": [{"k": [None, True, "ü"]}]}},
+    ],
+)
+def test_writable_entries_pass_the_check(changes: dict[str, object]) -> None:
+    check_entry(entry(**changes))
+
+
+def test_a_bad_entry_does_not_poison_the_batch(store: CountingStore) -> None:
+    with AuditWriter(store, linger=0.05) as writer:
+        good = [writer.submit(entry(n)) for n in range(3)]
+        with pytest.raises(AuditError):
+            writer.submit(entry(tool="\x1b[31mred"))
+        more = [writer.submit(entry(n)) for n in range(3, 6)]
+        assert [f.result(30) for f in good + more] == list(range(6))
+    verify_chain(store, TRUSTED)
+
+
+def test_a_failed_batch_fails_every_future(sqlite_store: CountingStore) -> None:
+    writer = AuditWriter(sqlite_store)
+    try:
+        assert writer.append_sync(entry(0)) == 0
+        with sqlite_store.engine.begin() as conn:  # the database loses the chain's head row: appends cannot proceed
+            conn.execute(sa.delete(audit_head))
+        futures: list[Future[int]] = [writer.submit(entry(n)) for n in range(1, 6)]
+        for future in futures:
+            with pytest.raises(AuditError, match="audit append failed"):
+                future.result(30)
+        with pytest.raises(AuditError):
+            writer.append_sync(entry(9))
+    finally:
+        writer.close()
+
+
+class HeldDatabase:
+    """Another connection holds the SQLite database exclusively, so the writer's commit waits (a slow or stuck DB)."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path, isolation_level=None)
+        self.connection.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        self.connection.execute("ROLLBACK")
+        self.connection.close()
+
+
+def wait_running(future: Future[int]) -> None:
+    deadline = time.monotonic() + 10
+    while not future.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert future.running()
+
+
+def test_full_queue_fails_fast(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    store = CountingStore(f"sqlite:///{path}", origin="test/slow", signer_key=KEY, replica="r1")
+    writer = AuditWriter(store, max_queue=2, max_batch=1)
+    held = HeldDatabase(path)
+    try:
+        first = writer.submit(entry(0))
+        wait_running(first)  # the thread took it and waits for the database
+        writer.submit(entry(1))
+        writer.submit(entry(2))
+        started = time.monotonic()
+        with pytest.raises(AuditError, match="queue is full"):
+            writer.submit(entry(3))
+        assert time.monotonic() - started < 0.5  # the call is denied at once, not after a wait
+    finally:
+        held.release()
+    assert first.result(30) == 0
+    writer.close()
+    assert store.head()[0] == 2  # entries 0, 1 and 2; 3 was refused
+    verify_chain(store, TRUSTED)
+    store.close()
+
+
+def test_a_late_commit_times_out_and_the_queued_entry_is_withdrawn(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    store = CountingStore(f"sqlite:///{path}", origin="test/late", signer_key=KEY, replica="r1")
+    writer = AuditWriter(store, max_batch=1)
+    held = HeldDatabase(path)
+    try:
+        first = writer.submit(entry(0))
+        wait_running(first)
+        with pytest.raises(AuditError, match=r"not committed within 0\.2 s"):
+            writer.append_sync(entry(1), timeout=0.2)
+    finally:
+        held.release()
+    assert first.result(30) == 0
+    writer.close()
+    assert store.head()[0] == 0  # the timed-out entry was still queued: withdrawn, never written
+    store.close()
+
+
+def test_checkpoint_cadence_and_its_failures(sqlite_store: CountingStore) -> None:
+    sqlite_store.tick_error = RuntimeError("checkpoint storage unavailable")
+    with AuditWriter(sqlite_store, checkpoint_interval=0.05) as writer:
+        time.sleep(0.4)
+        assert writer.append_sync(entry()) == 0  # a failing checkpoint does not stop appends
+    assert 3 <= sqlite_store.ticks <= 12
+
+
+def test_stores_without_checkpoints_are_fine(tmp_path: Path) -> None:
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}", origin="test/plain", signer_key=KEY, replica="r1")
+    with AuditWriter(store, checkpoint_interval=0.02) as writer:
+        time.sleep(0.1)
+        assert writer.append_sync(entry()) == 0
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"max_batch": 0}, {"max_queue": 0}, {"linger": -1.0}, {"checkpoint_interval": 0.0}],
+)
+def test_bad_settings_are_refused(sqlite_store: CountingStore, settings: dict[str, float]) -> None:
+    with pytest.raises(AuditError, match="out of range"):
+        AuditWriter(sqlite_store, **settings)  # type: ignore[arg-type]
