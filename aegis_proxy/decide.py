@@ -30,6 +30,16 @@ class Evidence:
         return max((f.severity for f in self.findings), default=None)
 
 
+class Scorer(Protocol):
+    """The hidden-state probe as the firewall sees it (aegis_proxy.probe.ProbeScorer implements it).
+
+    Returns a score per name ("risk", "injection"), None where unknown (probe off, timed out, or failed to load).
+    Must not raise for any call; if it does anyway, the firewall denies the call (fail closed).
+    """
+
+    def score_call(self, call: ToolCall, context: CallContext) -> Mapping[str, float | None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     effect: Effect
@@ -60,6 +70,9 @@ def risk_of(findings: tuple[Finding, ...]) -> float:
     return max((SEVERITY_RISK[f.severity] for f in findings), default=0.0)
 
 
+_ALLOW = Verdict(Effect.ALLOW, rules=("builtin.allow",), reasons=("no finding at or above medium",))
+
+
 @dataclass(frozen=True, slots=True)
 class SeverityTable:
     """Built-in decider: critical/high deny, medium ask, low/info allow."""
@@ -70,7 +83,7 @@ class SeverityTable:
     def decide(self, evidence: Evidence) -> Verdict:
         worst = evidence.worst
         if worst is None or worst < self.ask_at:
-            return Verdict(Effect.ALLOW, rules=("builtin.allow",), reasons=("no finding at or above medium",))
+            return _ALLOW  # immutable: one shared verdict for the common case
         decisive = sorted(
             (f for f in evidence.findings if f.severity == worst), key=lambda f: (f.category, f.path, f.chain)
         )

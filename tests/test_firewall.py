@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pytest
 
-from aegis_proxy.decide import Evidence, Verdict
+from aegis_proxy.decide import SEVERITY_RISK, Evidence, Verdict
 from aegis_proxy.firewall import Firewall, merge_findings
 from aegis_proxy.models import CallContext, Effect, Finding, Message, Role, Severity, ToolCall
 from aegis_proxy.scanners.base import Scanner, ScanSettings, ScanTarget
@@ -119,3 +120,98 @@ def test_merge_keeps_the_worst_per_place_and_orders_worst_first() -> None:
 
 def test_decision_records_its_time() -> None:
     assert Firewall().check(call(cmd="ls")).elapsed_ms > 0
+
+
+class FixedDecider:
+    """A decider that answers with one verdict, to see every verdict field arrive in the decision."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+
+    def decide(self, evidence: Evidence) -> Verdict:
+        return self.verdict
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [
+        Verdict(Effect.ALLOW, rules=("r.allow",), reasons=("fine",)),
+        Verdict(
+            Effect.ALLOW,
+            rules=("r.audit",),
+            reasons=("logged",),
+            message="m",
+            errors=("e1", "e2"),
+            flagged=True,
+            policy_digest="ab" * 32,
+        ),
+        Verdict(Effect.DENY, rules=("r.deny",), reasons=("no",), message="blocked", terminate=True),
+    ],
+    ids=["defaults", "every-field", "terminate"],
+)
+@pytest.mark.parametrize("arguments", [{"cmd": "ls"}, {"cmd": "rm -rf /"}], ids=["no-findings", "findings"])
+def test_the_decision_carries_the_verdict_and_findings(verdict: Verdict, arguments: dict) -> None:
+    firewall = Firewall(decider=FixedDecider(verdict))
+    decision = firewall.check(call(**arguments))
+    expected_findings = Firewall().check(call(**arguments)).findings
+    assert (decision.effect, decision.rules, decision.reasons) == (verdict.effect, verdict.rules, verdict.reasons)
+    assert (decision.message, decision.errors, decision.flagged) == (verdict.message, verdict.errors, verdict.flagged)
+    assert (decision.terminate, decision.policy_digest) == (verdict.terminate, verdict.policy_digest)
+    assert decision.findings == expected_findings
+    assert decision.risk == (max((SEVERITY_RISK[f.severity] for f in expected_findings), default=0.0))
+    assert decision.scores == {} and decision.elapsed_ms > 0
+
+
+class FixedScorer:
+    """A probe stand-in with fixed scores: the firewall only sees the decide.Scorer protocol."""
+
+    def __init__(self, scores: dict[str, float | None], *, fail: bool = False) -> None:
+        self.scores = scores
+        self.fail = fail
+        self.asked: list[str] = []
+
+    def score_call(self, call: ToolCall, context: CallContext) -> dict[str, float | None]:
+        self.asked.append(call.tool)
+        if self.fail:
+            raise RuntimeError("probe worker died")
+        return self.scores
+
+
+PROBE_POLICY = """
+default allow
+rule probe-injection: deny * when injection > 0.9
+"""
+
+
+@pytest.mark.parametrize(
+    ("scores", "effect"),
+    [
+        ({"risk": 0.1, "injection": 0.95}, Effect.DENY),
+        ({"risk": 0.1, "injection": 0.2}, Effect.ALLOW),
+        ({"risk": None, "injection": None}, Effect.DENY),  # unknown is an error in the rule: it fails closed
+    ],
+)
+def test_probe_scores_reach_the_policy_and_the_decision(
+    tmp_path: Path, scores: dict[str, float | None], effect: Effect
+) -> None:
+    from aegis_proxy.policy.loader import load_policy
+
+    path = tmp_path / "probe.aegis"
+    path.write_text(PROBE_POLICY)
+    scorer = FixedScorer(scores)
+    firewall = Firewall(decider=load_policy([str(path)]), scorer=scorer)
+    decision = firewall.check(ToolCall(id="1", tool="send_email", arguments={"to": "a@example.com"}))
+    assert decision.effect is effect
+    assert decision.scores == scores
+    assert scorer.asked == ["send_email"]
+
+
+def test_a_failing_probe_denies_the_call() -> None:
+    decision = Firewall(scorer=FixedScorer({}, fail=True)).check(ToolCall(id="1", tool="ls", arguments={}))
+    assert decision.effect is Effect.DENY
+    assert decision.rules == ("builtin.fail-closed",)
+    assert "probe" in decision.reasons[0]
+
+
+def test_without_a_probe_there_are_no_scores() -> None:
+    assert Firewall().check(ToolCall(id="1", tool="ls", arguments={})).scores == {}

@@ -1,0 +1,344 @@
+"""`ProbeScorer`: the probe at run time. Thread-safe, micro-batched, cached, bounded in time; never fails open.
+
+    scorer = ProbeScorer.open(ProbeSettings())          # never raises: a probe that cannot load is "unavailable"
+    item = ProbeItem.from_call(call, context)            # pure Python: renders the call, cuts untrusted text
+    [scores] = scorer.score([item])                      # {"risk": 0.93, "injection": 0.12}; None = unknown
+    [scores] = await scorer.score_async([item])          # the same, without blocking the event loop
+
+- One worker thread runs the backbone. Callers (threads, or coroutines through `score_async`) put their texts on a
+  queue; the worker waits at most `max_wait_ms` for more callers, then encodes up to `max_batch` texts at once, so
+  concurrent calls share one forward pass.
+- Scores are cached by the SHA-256 of the text: a session sends the same tool results with every call, so their
+  segments are encoded once.
+- A caller waits at most `timeout_s`; what is not scored by then is None ("unknown") and the policy decides. The work
+  goes on and fills the cache for the next call. The queue is bounded: past `max_pending` texts, new texts are
+  unknown at once rather than queued behind minutes of work.
+- Each head runs only if it loaded; the backbone runs only up to the deepest layer a head reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aegis_proxy.errors import AegisError
+from aegis_proxy.models import CallContext, Role, ToolCall
+from aegis_proxy.probe.backbone import DEFAULT_BACKBONE, Model, default_threads, open_model, set_threads
+from aegis_proxy.probe.errors import ProbeError
+from aegis_proxy.probe.head import HEADS, Head, load_head
+from aegis_proxy.probe.render import render_for_call, segments, untrusted_messages
+
+SCORE_KEYS = HEADS  # the keys of every score dict: "risk", "injection"
+PROBES_DIR = Path(__file__).resolve().parent.parent.parent / "probes"
+MAX_MESSAGES = 8  # untrusted messages per call that the injection head reads, newest first
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    """What the probe reads for one call: the rendered call and the untrusted texts around it."""
+
+    call_text: str
+    untrusted: tuple[str, ...] = ()
+
+    @classmethod
+    def from_call(cls, call: ToolCall, context: CallContext | None = None) -> ProbeItem:
+        context = context or CallContext()
+        # Tool results and documents: what the injection head was trained on (the assistant's own text is not data).
+        data = [m.content for m in untrusted_messages(context) if m.role in (Role.TOOL, Role.DOCUMENT)]
+        texts = tuple(data[:MAX_MESSAGES])
+        return cls(render_for_call(call, context), texts)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    backbone: str = DEFAULT_BACKBONE  # "minilm" or a local Hugging Face-format directory
+    heads_dir: Path | None = None  # default: probes/<backbone name>/ of this checkout
+    max_length: int = 256
+    timeout_s: float = 0.25  # a caller waits at most this long; then the missing scores are None
+    max_wait_ms: float = 2.0  # the worker waits at most this long for more callers before it runs a batch
+    max_batch: int = 32
+    max_pending: int = 4096  # texts queued; beyond this new texts are unknown at once
+    cache_entries: int = 65_536
+    threads: int | None = None  # torch CPU threads; None = AEGIS_PROBE_THREADS or 2
+    device: str | None = None  # None = cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.timeout_s > 0, "timeout_s must be positive"),
+            (0 <= self.max_wait_ms <= 1000, "max_wait_ms must be in 0..1000"),
+            (self.max_batch >= 1, "max_batch must be at least 1"),
+            (self.max_pending >= 1, "max_pending must be at least 1"),
+            (self.cache_entries >= 0, "cache_entries must be 0 or more"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ProbeError(f"probe settings: {message}", hint="fix the probe settings")
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass
+class _Request:
+    texts: dict[str, str]  # key -> text
+    future: Future[dict[str, tuple[float | None, ...]]] = field(default_factory=Future)
+
+
+class _ScoreCache:
+    def __init__(self, entries: int) -> None:
+        self._data: OrderedDict[str, tuple[float | None, ...]] = OrderedDict()
+        self._entries = entries
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[float | None, ...] | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: tuple[float | None, ...]) -> None:
+        if self._entries == 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class ProbeScorer:
+    """Scores tool calls with the loaded heads. Build with `open` (never raises) or `load` (raises ProbeError)."""
+
+    def __init__(self, settings: ProbeSettings, backbone: Model | None, heads: dict[str, Head], status: str) -> None:
+        self.settings = settings
+        self.backbone = backbone
+        self.heads = heads
+        self.status = status  # "ready", or why the probe is off
+        self._order = tuple(name for name in SCORE_KEYS if name in heads)
+        self._upto = max((head.max_layer for head in heads.values()), default=0)
+        self._cache = _ScoreCache(settings.cache_entries)
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self.batches = 0  # forward passes run (for tests and metrics)
+        self.last_error: str | None = None
+        self._worker: threading.Thread | None = None
+        if backbone is not None and heads:
+            self._worker = threading.Thread(target=self._run, name="aegis-probe", daemon=True)
+            self._worker.start()
+
+    # -- construction ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, settings: ProbeSettings | None = None, heads: Sequence[str] = HEADS) -> ProbeScorer:
+        """Load the backbone and heads; raise ProbeError (with a hint) when anything is missing or malformed."""
+        settings = settings or ProbeSettings()
+        set_threads(settings.threads if settings.threads is not None else default_threads())
+        backbone = open_model(settings.backbone, max_length=settings.max_length, device=settings.device)
+        directory = settings.heads_dir or PROBES_DIR / backbone.name
+        loaded = {
+            name: load_head(
+                directory,
+                name,
+                backbone_digest=backbone.digest,
+                num_layers=backbone.num_layers,
+                hidden_size=backbone.hidden_size,
+            )
+            for name in heads
+        }
+        return cls(settings, backbone, loaded, "ready")
+
+    @classmethod
+    def open(cls, settings: ProbeSettings | None = None, heads: Sequence[str] = HEADS) -> ProbeScorer:
+        """Like `load`, but a probe that cannot load is returned switched off: every score is None."""
+        settings = settings or ProbeSettings()
+        try:
+            return cls.load(settings, heads)
+        except AegisError as exc:
+            return cls.unavailable(settings, f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+        except Exception as exc:  # a backbone that breaks in a way we did not foresee must not take the proxy down
+            return cls.unavailable(settings, f"{type(exc).__name__}: {exc}")
+
+    @classmethod
+    def unavailable(cls, settings: ProbeSettings | None, reason: str) -> ProbeScorer:
+        return cls(settings or ProbeSettings(), None, {}, f"unavailable: {reason}")
+
+    @property
+    def ready(self) -> bool:
+        return self._worker is not None
+
+    # -- scoring --------------------------------------------------------------------------------------------------
+
+    def score_call(self, call: ToolCall, context: CallContext) -> dict[str, float | None]:
+        """decide.Scorer: the scores of one call in its context (what Firewall.check asks for)."""
+        return self.score([ProbeItem.from_call(call, context)])[0]
+
+    def score(self, items: Sequence[ProbeItem]) -> list[dict[str, float | None]]:
+        """One dict per item with every key of SCORE_KEYS; None where the score is unknown. Never raises on input."""
+        unknown: dict[str, float | None] = dict.fromkeys(SCORE_KEYS)
+        if not self.ready:
+            return [dict(unknown) for _ in items]
+        plans: list[tuple[str, list[str]]] = []
+        wanted: dict[str, str] = {}
+        for item in items:
+            call_key = _key(item.call_text)
+            wanted[call_key] = item.call_text
+            segment_keys = []
+            for text in item.untrusted:
+                for segment in segments(text):
+                    key = _key(segment.text)
+                    wanted[key] = segment.text
+                    segment_keys.append(key)
+            plans.append((call_key, segment_keys))
+        known = {key: value for key in wanted if (value := self._cache.get(key)) is not None}
+        missing = {key: text for key, text in wanted.items() if key not in known}
+        if missing:
+            known.update(self._wait(missing))
+        results = []
+        for call_key, segment_keys in plans:
+            result = dict(unknown)
+            call_scores = known.get(call_key)
+            if "risk" in self.heads and call_scores is not None:
+                result["risk"] = call_scores[self._order.index("risk")]
+            if "injection" in self.heads:
+                index = self._order.index("injection")
+                values = [known.get(key) for key in segment_keys]
+                # Any unknown segment makes the whole message unknown: the max of what we saw is no upper bound.
+                if all(v is not None for v in values):
+                    result["injection"] = max((v[index] for v in values if v is not None), default=0.0)  # type: ignore[type-var]
+            results.append(result)
+        return results
+
+    async def score_async(self, items: Sequence[ProbeItem]) -> list[dict[str, float | None]]:
+        """`score` for asyncio callers: the wait happens in a thread, never on the event loop."""
+        return await asyncio.to_thread(self.score, items)
+
+    def injection_spans(self, text: str) -> list[tuple[int, int, float | None]]:
+        """Each segment of one untrusted text with its injection score: where in the text the injection is."""
+        if "injection" not in self.heads:
+            return [(s.start, s.end, None) for s in segments(text)]
+        cut = segments(text)
+        keys = {_key(s.text): s.text for s in cut}
+        known = {key: value for key in keys if (value := self._cache.get(key)) is not None}
+        missing = {key: t for key, t in keys.items() if key not in known}
+        if missing and self.ready:
+            known.update(self._wait(missing))
+        index = self._order.index("injection")
+        out: list[tuple[int, int, float | None]] = []
+        for segment in cut:
+            scores = known.get(_key(segment.text))
+            out.append((segment.start, segment.end, None if scores is None else scores[index]))
+        return out
+
+    def _wait(self, missing: dict[str, str]) -> dict[str, tuple[float | None, ...]]:
+        with self._pending_lock:
+            if self._pending + len(missing) > self.settings.max_pending:
+                return {}  # overloaded: unknown now beats a verdict in a minute
+            self._pending += len(missing)
+        request = _Request(missing)
+        self._queue.put(request)
+        try:
+            return request.future.result(timeout=self.settings.timeout_s)
+        except FutureTimeout:
+            return {}
+        except Exception as exc:  # the worker failed this batch: unknown, and say why
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return {}
+
+    # -- the worker -----------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            count = len(first.texts)
+            deadline = time.perf_counter() + self.settings.max_wait_ms / 1000
+            while count < self.settings.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    more = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(more)
+                count += len(more.texts)
+            self._serve(batch)
+
+    def _serve(self, batch: list[_Request]) -> None:
+        texts: dict[str, str] = {}
+        for request in batch:
+            texts.update(request.texts)
+        try:
+            scores = self._compute(texts)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            for request in batch:
+                request.future.set_exception(exc)
+            scores = None
+        finally:
+            with self._pending_lock:
+                self._pending -= sum(len(r.texts) for r in batch)
+        if scores is not None:
+            for request in batch:
+                request.future.set_result({key: scores[key] for key in request.texts})
+
+    def _compute(self, texts: dict[str, str]) -> dict[str, tuple[float | None, ...]]:
+        from aegis_proxy.probe.features import length_buckets, pool
+
+        assert self.backbone is not None
+        out: dict[str, tuple[float | None, ...]] = {}
+        for key in texts:  # another caller's batch may have scored some of these meanwhile
+            cached = self._cache.get(key)
+            if cached is not None:
+                out[key] = cached
+        todo = [key for key in texts if key not in out]
+        for bucket in length_buckets([len(texts[key]) for key in todo], self.settings.max_batch):
+            chunk = [todo[i] for i in bucket]
+            states, mask = self.backbone.hidden_states([texts[key] for key in chunk], upto=self._upto)
+            features = pool(states, mask).float().cpu()
+            self.batches += 1
+            per_head = [self.heads[name].score(features).tolist() for name in self._order]
+            for row, key in enumerate(chunk):
+                value = tuple(float(scores[row]) for scores in per_head)
+                self._cache.put(key, value)
+                out[key] = value
+        return out
+
+    def close(self) -> None:
+        """Stop the worker (queued work is finished first)."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    def describe(self) -> dict[str, Any]:
+        """Status for logs and `aegis probe` output."""
+        return {
+            "status": self.status,
+            "backbone": None if self.backbone is None else self.backbone.name,
+            "heads": {name: head.spec.label for name, head in self.heads.items()},
+            "thresholds": {name: head.threshold for name, head in self.heads.items()},
+            "cache_entries": len(self._cache),
+            "last_error": self.last_error,
+        }
