@@ -14,7 +14,6 @@ in file order as one session: each sees the earlier ones in its history.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from aegis_proxy.errors import InputError
 from aegis_proxy.firewall import Firewall
-from aegis_proxy.models import CallContext, Decision, Message, PriorCall, Role, ToolCall
+from aegis_proxy.history import SessionHistory
+from aegis_proxy.models import CallContext, Decision, Message, Role, ToolCall
 from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
-
-MAX_HISTORY = 1_000  # earlier calls kept per session; older ones fall off (the policy's windows are shorter)
 
 
 class _Strict(BaseModel):
@@ -113,7 +111,7 @@ class CheckRun:
     firewall: Firewall
     judged: int = 0
     errors: int = 0
-    _sessions: dict[str, list[PriorCall]] = field(default_factory=dict)
+    _history: SessionHistory = field(default_factory=SessionHistory)
 
     def results(self, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         for _, result in self.judge(lines):
@@ -131,14 +129,8 @@ class CheckRun:
                 self.errors += 1
                 yield None, {"id": None, "line": number, "effect": "error", "error": exc.message}
                 continue
-            history = self._sessions.setdefault(context.session_id, []) if context.session_id else None
-            if history:
-                context = context.model_copy(update={"history": tuple(history)})
+            context = self._history.with_history(context)
             decision = self.firewall.check(call, context)
-            if history is not None:
-                history.append(
-                    PriorCall(tool=call.tool, arguments=call.arguments, effect=decision.effect, at=time.time())
-                )
-                del history[:-MAX_HISTORY]
+            self._history.record(context, call, decision.effect)
             self.judged += 1
             yield line, decision_json(call.id, decision)

@@ -329,3 +329,59 @@ def test_decide_never_raises_on_any_arguments(a: object, b: object, extra: dict[
 
 
 _EVERY_OPERATOR_SET = policy(EVERY_OPERATOR)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# denies_unconditionally: the tools an MCP tools/list hides.
+
+UNCONDITIONAL = [
+    # rules (after `default deny`), tool, server, expected
+    ("deny t", "t", None, True),
+    ("deny t when true", "t", None, True),  # a constant-true condition is no condition
+    ("deny t when args.x == 1", "t", None, False),  # conditional: some calls pass to the default... or an allow
+    ("deny t when args.x == 1\nallow t", "t", None, False),
+    ("allow t\ndeny t", "t", None, True),  # equal priority: deny beats allow
+    ("deny t\nask t when args.x == 1", "t", None, True),  # ... and ask
+    ("allow t priority 10\ndeny t priority 20", "t", None, False),  # a better-priority allow
+    ("allow t when args.x == 1 priority 10\ndeny t", "t", None, False),  # ... even a conditional one
+    ("ask t when args.x == 1 priority 10\ndeny t", "t", None, False),  # an ask is not a deny
+    ("audit t priority 10\ndeny t", "t", None, False),
+    ("allow t when false priority 10\ndeny t", "t", None, True),  # constant false: never matches
+    ("deny t when args.x == 1 priority 10\ndeny t", "t", None, True),  # an earlier deny decides deny too
+    ("deny *", "anything", None, True),
+    ("deny send_*", "send_email", None, True),
+    ("deny send_*", "read_file", None, False),
+    ("allow other", "t", None, False),  # only the default denies t: not hidden (see the docs)
+    ("deny t@files", "t", "files", True),
+    ("deny t@files", "t", "other", False),
+    ("deny t@files", "t", None, False),  # a qualified pattern never matches a call without a server
+    ("deny *@files\nallow read_file@files priority 50", "read_file", "files", False),
+    ("deny *@files\nallow read_file@files priority 50", "write_file", "files", True),
+    ("deny t when severity >= high", "t", None, False),
+    ("deny t priority 200\nallow t when args.safe == true priority 150", "t", None, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("rules", "tool", "server", "expected"),
+    UNCONDITIONAL,
+    ids=[f"{r.replace(chr(10), ' | ')} ? {t}@{s}" for r, t, s, _ in UNCONDITIONAL],
+)
+def test_denies_unconditionally(rules: str, tool: str, server: str | None, expected: bool) -> None:
+    policy_set = policy("default deny\n" + rules)
+    assert policy_set.denies_unconditionally(tool, server) is expected
+    if expected:  # then no call to it, whatever its arguments and findings, gets anything but deny
+        high = Finding(scanner="s", category="shell.destructive", severity=Severity.HIGH, path="args.x", message="m")
+        for args in ({}, {"x": 1}, {"safe": True}):
+            for findings in ((), (high,)):
+                verdict = policy_set.decide(evidence(tool, server, findings, **args))
+                assert verdict.effect is Effect.DENY
+
+
+def test_denies_unconditionally_under_an_allow_default() -> None:
+    policy_set = policy("default allow\ndeny run_command\nallow read_file")
+    assert [policy_set.denies_unconditionally(t, "files") for t in ("run_command", "read_file", "other")] == [
+        True,
+        False,
+        False,
+    ]

@@ -185,6 +185,26 @@ class PolicySet:
         self._cache[key] = found
         return found
 
+    def denies_unconditionally(self, tool: str, server: str | None) -> bool:
+        """Whether every call to this tool (on this server) is denied by a deny rule, whatever its arguments,
+        context, findings and history: the tools the proxy hides from an MCP tools/list (docs/policy-language.md).
+
+        Walking the candidates in evaluation order (semantics 6): a deny rule with no condition (a constant-true one
+        compiles to none) decides True. Before it, a deny rule with a condition does not matter (if it matches, the
+        call is denied anyway) and neither does a rule whose condition is constant false; any other rule (allow,
+        audit or ask, with any condition) could win for some call, so the answer is False. The default effect does
+        not count: a tool no rule names stays visible, so that its attempts are audited and the policy's gap seen.
+        """
+        for rule in self.candidates(tool, server):
+            if rule.condition is _never:
+                continue
+            if rule.effect is ast.PolicyEffect.DENY:
+                if rule.condition is None:
+                    return True
+                continue
+            return False
+        return False
+
     def decide(self, evidence: Evidence) -> Verdict:
         env = EvalEnv(evidence, self.clock())
         winners: list[CompiledRule] = []
