@@ -15,7 +15,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -257,7 +257,17 @@ def anthropic_stream(reply: Reply, model: str, serial: int) -> Iterator[bytes]:
 class ScriptedLLM:
     """The server. `enqueue(Reply)` scripts the next answers; `url` is its base URL (no /v1)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        reply_for: Callable[[dict[str, Any]], Reply] | None = None,
+    ) -> None:
+        """`reply_for` makes the server stateless: each answer is computed from its request body (load tests with
+        many clients) instead of taken from the `enqueue` script."""
+        self._reply_for = reply_for
         self._replies: collections.deque[Reply] = collections.deque()
         self._lock = threading.Lock()
         self._serial = 0
@@ -280,8 +290,11 @@ class ScriptedLLM:
                 except ValueError:
                     self._send(400, b'{"error": {"message": "bad json"}}', "application/json")
                     return
-                llm._record(self.path, body)
-                reply, serial = llm._next()
+                try:
+                    reply, serial = llm._next(self.path, body)
+                except (ValueError, TypeError, KeyError, IndexError, StopIteration):
+                    self._send(400, b'{"error": {"message": "bad request"}}', "application/json")
+                    return
                 model = str(body.get("model", "scripted"))
                 path = self.path.split("?", 1)[0]
                 renderers = {
@@ -330,14 +343,20 @@ class ScriptedLLM:
         with self._lock:
             self._replies.extend(replies)
 
-    def _next(self) -> tuple[Reply, int]:
+    def _next(self, path: str, body: dict[str, Any]) -> tuple[Reply, int]:
+        """The answer to one request and its serial. Scripted: the next queued reply, and the request is kept in
+        `requests`. Stateless (`reply_for`): computed from the body, nothing kept (load tests run for long)."""
+        computed = self._reply_for(body) if self._reply_for is not None else None
         with self._lock:
             self._serial += 1
+            if computed is not None:
+                return computed, self._serial
+            self.requests.append((path, body))
             return (self._replies.popleft() if self._replies else DEFAULT_REPLY), self._serial
 
-    def _record(self, path: str, body: dict[str, Any]) -> None:
-        with self._lock:
-            self.requests.append((path, body))
+    def serve_forever(self) -> None:
+        """Serve in the calling thread (an upstream in its own process) until the process ends."""
+        self._server.serve_forever()
 
     def start(self) -> ScriptedLLM:
         self._thread.start()
