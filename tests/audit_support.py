@@ -6,7 +6,6 @@ each other's tables and a dropped schema removes everything a test wrote.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +26,8 @@ from aegis_proxy.audit.store import (
     audit_records,
     checkpoint_key_name,
 )
+from tests.pg import pg_schema_url
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 ORIGIN = "proxy.example/tamper"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KEY_ID = key_id(KEY.public_key())
@@ -53,24 +52,6 @@ def trust_toml(*keys: tuple[Ed25519PrivateKey, int, int | None]) -> str:
         entry = f'[[keys]]\nkey_id = "{key_id(public)}"\npublic_key = "{public_key_hex(public)}"\nfirst_seq = {first}\n'
         entries.append(entry + ("" if last is None else f"last_seq = {last}\n"))
     return "\n".join(entries)
-
-
-@contextlib.contextmanager
-def pg_schema_url() -> Iterator[str]:
-    schema = f"aud_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable (these tests must run on it): {error}")
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(name="db_url", params=["sqlite", "postgresql"])

@@ -42,7 +42,7 @@ from aegis_proxy.metrics import CONTENT_TYPE, Metrics
 from aegis_proxy.models import CallContext, ToolCall
 from aegis_proxy.proxy import serve
 from aegis_proxy.proxy.runner import free_port
-from tests.audit_support import pg_schema_url
+from tests.pg import pg_schema_url
 
 AEGIS = [sys.executable, "-m", "aegis_proxy.cli"]
 

@@ -27,8 +27,7 @@ from aegis_proxy.approvals import (
     args_hash,
     normalise_id,
 )
-
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+from tests.pg import PG_URL
 
 
 class Clock:

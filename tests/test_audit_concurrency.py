@@ -28,7 +28,7 @@ from aegis_proxy.audit.merkle import MerkleFrontier
 from aegis_proxy.audit.merkle import root as merkle_root
 from aegis_proxy.audit.record import parse_body
 from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, verify_chain
-from tests.test_audit_migrate import pg_schema_url
+from tests.pg import pg_schema_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +21,8 @@ from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.merkle import MerkleFrontier
 from aegis_proxy.audit.merkle import root as merkle_root
 from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, audit_records, metadata, verify_chain
+from tests.pg import pg_schema_url
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments", "audit_checkpoints"}
 HEAD = "0002"
 AUDIT_INDEXES = {"ix_audit_records_time", "ix_audit_records_tool", "ix_audit_records_agent", "ix_audit_records_session"}
@@ -37,27 +35,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with pg_schema_url() as url:
             yield url
-
-
-@contextlib.contextmanager
-def pg_schema_url() -> Iterator[str]:
-    # A fresh schema per test, made the connection's default through search_path, so tests never see each other.
-    schema = f"mig_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable (these tests must run on it): {error}")
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            # A connection the test left in a transaction would block the drop forever: fail loudly instead.
-            conn.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def inspect_db(url: str) -> tuple[set[str], set[str]]:

@@ -30,7 +30,7 @@ from aegis_proxy.audit.store import (
     audit_records,
     verify_chain,
 )
-from tests.test_audit_migrate import pg_schema_url
+from tests.pg import pg_schema_url
 
 KEY_BYTES = bytes(range(32))
 KEY = Ed25519PrivateKey.from_private_bytes(KEY_BYTES)

@@ -19,8 +19,8 @@ from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import FindingSummary
 from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records, verify_chain
 from aegis_proxy.audit.writer import AuditWriter, check_entry
+from tests.pg import PG_URL
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KEY_ID = key_id(KEY.public_key())
 TRUSTED = {KEY_ID: TrustedKey(KEY_ID, KEY.public_key(), 0)}

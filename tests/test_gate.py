@@ -24,8 +24,8 @@ from aegis_proxy.decide import Evidence, Verdict
 from aegis_proxy.firewall import Firewall
 from aegis_proxy.gate import FAIL_CLOSED_RULE, Gate, GateOutcome, redact_arguments
 from aegis_proxy.models import CallContext, Finding, Severity, ToolCall
+from tests.pg import PG_URL
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 POLICY = """default allow
 rule hold-writes: ask write_file priority 10
   message "writes need a human"

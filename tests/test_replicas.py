@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from aegis_proxy.approvals import ApprovalStore
 from aegis_proxy.audit.store import audit_arguments, audit_records
 from bench.load import AEGIS, Answer, Cluster, Spec, allowed, chat, denied, echo_llm, held
-from tests.audit_support import pg_schema_url
+from tests.pg import pg_schema_url
 
 LOAD_SECONDS = 12.0  # at least; and at least AFTER_RESTART seconds after the killed replica is back
 KILL_AFTER = 3.0

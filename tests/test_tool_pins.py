@@ -3,10 +3,8 @@ hiding, and the stores (memory, SQLite, PostgreSQL) shared by replicas."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,31 +27,11 @@ from aegis_proxy.tool_pins import (
     ToolGuard,
     open_pin_store,
 )
-
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+from tests.pg import pg_schema_url
 
 
 def tool(name: str, description: str = "d", schema: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
     return {"name": name, "description": description, "inputSchema": schema or {"type": "object"}, **more}
-
-
-@contextlib.contextmanager
-def pg_schema_url() -> Iterator[str]:
-    # A fresh schema per test, made the connection's default through search_path, so tests never see each other.
-    schema = f"pins_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable (these tests must run on it): {error}")
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
