@@ -1,6 +1,6 @@
 """`Firewall.check(call, context) -> Decision`: the whole pure pipeline, and the one place failures become denials.
 
-Steps (kept in this order in `check` and in docs/architecture):
+Steps (kept in this order in `check` and in docs/pipeline.md):
   1 extract     every string and key of the arguments, decoded, normalised, bounded (extract.py)
   2 targets     decide which strings are executed; parse those as shell (targets.py)
   3 scan        each scanner turns targets into findings (scanners/)
