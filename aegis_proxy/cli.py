@@ -567,6 +567,26 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _args_keys_trust_entry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", metavar="PATH", help="the key file (default: audit.key of --config)")
+    p.add_argument("--first-seq", type=int, default=0, metavar="N", help="first seq it signs (for the trust entry)")
+    _args_config(p)
+
+
+def _cmd_keys_trust_entry(args: argparse.Namespace) -> int:
+    from aegis_proxy.audit.commands import describe_key_file
+
+    path = args.path
+    if path is None:
+        from aegis_proxy.config import load_config
+
+        path = load_config(args.config, check_files=False).audit.key
+    described = describe_key_file(path, args.first_seq)
+    print(f"# {described.path}: key id {described.key_id}; add this to the verifiers' trusted-keys file (.toml)")
+    print(described.trust_entry(), end="")
+    return EXIT_OK
+
+
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
     from aegis_proxy.audit.store import rotate_key_files
 
@@ -751,6 +771,14 @@ KEYS_COMMANDS: tuple[Command, ...] = (
         "  aegis keys generate /etc/aegis/audit-key.pem",
         _args_keys_generate,
         _cmd_keys_generate,
+    ),
+    (
+        "trust-entry",
+        "Print the trusted-keys entry of an existing signing key, e.g. the one `aegis run` generated on first start.",
+        "  aegis keys trust-entry >> trusted-keys.toml          # the key of ./aegis.toml (default .aegis/audit.key)\n"
+        "  aegis keys trust-entry /etc/aegis/audit-key.pem",
+        _args_keys_trust_entry,
+        _cmd_keys_trust_entry,
     ),
     (
         "rotate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import stat
 import subprocess
@@ -123,6 +124,40 @@ def test_keys_generate_refuses_to_overwrite(tmp_path: Path, capsys: pytest.Captu
     assert main(["keys", "generate", str(path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert path.read_text() == "precious"
+
+
+def test_keys_trust_entry_of_the_proxys_own_key_verifies_its_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first-run story: `aegis run` made .aegis/audit.key; trust-entry (no arguments) prints what a verifier needs."""
+    from aegis_proxy.config import load_config
+    from aegis_proxy.gate import Gate
+    from aegis_proxy.models import CallContext, ToolCall
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {})
+    with Gate.from_config(config) as gate:
+        assert gate.decide(ToolCall(id="1", tool="read_file", arguments={"path": "README.md"}), CallContext()).audit_seq
+    assert main(["keys", "trust-entry"]) == 0
+    trusted = tmp_path / "trusted-keys.toml"
+    trusted.write_text(capsys.readouterr().out)
+    assert main(["audit", "verify", "--trusted-keys", str(trusted)]) == 0
+    assert "OK:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"), [(0o644, "others can read it"), (None, "not found|no such|does not exist|cannot read")]
+)
+def test_keys_trust_entry_refuses_what_the_signer_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int | None, message: str
+) -> None:
+    path = tmp_path / "k.pem"
+    if mode is not None:
+        assert main(["keys", "generate", str(path)]) == 0
+        path.chmod(mode)
+    capsys.readouterr()
+    assert main(["keys", "trust-entry", str(path)]) == 2
+    assert re.search(message, capsys.readouterr().err, re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------------------------------------

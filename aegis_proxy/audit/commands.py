@@ -41,7 +41,7 @@ from aegis_proxy.audit.export import (
     roots_at,
     verify_export,
 )
-from aegis_proxy.audit.keys import TrustedKey, generate_key, key_id, load_trusted_keys, public_key_hex
+from aegis_proxy.audit.keys import TrustedKey, generate_key, key_id, load_key, load_trusted_keys, public_key_hex
 from aegis_proxy.audit.merkle import MerkleTree, leaf_hash
 from aegis_proxy.audit.record import format_time, parse_body, verify_record
 from aegis_proxy.audit.store import (
@@ -833,6 +833,15 @@ def generate_key_file(path: str | os.PathLike[str], first_seq: int = 0) -> Gener
     if first_seq < 0:
         raise AuditError(f"--first-seq {first_seq} must be >= 0", hint="the seq of the first record it signs")
     public = generate_key(path).public_key()
+    return GeneratedKey(str(path), key_id(public), public_key_hex(public), first_seq)
+
+
+def describe_key_file(path: str | os.PathLike[str], first_seq: int = 0) -> GeneratedKey:
+    """The trusted-keys entry of an existing key file (e.g. the one `aegis run` generated on first start). The file
+    is opened with the same checks as when it signs (0600, owned by this user)."""
+    if first_seq < 0:
+        raise AuditError(f"--first-seq {first_seq} must be >= 0", hint="the seq of the first record it signs")
+    public = load_key(path).public_key()
     return GeneratedKey(str(path), key_id(public), public_key_hex(public), first_seq)
 
 
