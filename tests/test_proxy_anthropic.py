@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -15,7 +16,15 @@ from pydantic import TypeAdapter
 from aegis_proxy.models import Role, ToolCall, Trust
 from aegis_proxy.proxy.anthropic import Anthropic
 from aegis_proxy.proxy.wire import Ruling, WireError, blocked_text
-from tests.wire_server import Judge, serve
+from tests.wire_server import (
+    Judge,
+    assert_byte_by_byte_and_crlf_agree,
+    assert_every_two_way_split_agrees,
+    assert_random_split_agrees,
+    rulings_of,
+    run_filter,
+    serve,
+)
 
 API = Anthropic()
 EVENT = TypeAdapter(RawMessageStreamEvent)
@@ -205,8 +214,7 @@ def test_malformed_responses_are_refused(body: bytes) -> None:
         API.rewrite(body, {})
 
 
-def rulings_for(body: bytes, judge: Judge) -> dict[str, Ruling]:
-    return {c.id: judge(c) for c in API.tool_calls(body)}
+rulings_for = functools.partial(rulings_of, API)
 
 
 def test_rewrite_returns_original_bytes_when_nothing_is_blocked() -> None:
@@ -327,9 +335,7 @@ CALL_STREAM = (
 STREAMS = {"text": TEXT_STREAM, "calls": CALL_STREAM}
 
 
-def run(stream: bytes, judge: Judge, pieces: list[bytes] | None = None) -> bytes:
-    f = API.stream_filter(judge)
-    return b"".join(f.feed(p) for p in (pieces if pieces is not None else [stream])) + f.close()
+run = functools.partial(run_filter, API)
 
 
 def final(out: bytes) -> Any:
@@ -397,27 +403,17 @@ def test_all_blocked_ends_the_turn() -> None:
 @pytest.mark.parametrize("name", sorted(STREAMS))
 @pytest.mark.parametrize("blocked", [(), ("run_shell",)], ids=["allow", "block"])
 def test_every_two_way_split_gives_the_same_output(name: str, blocked: tuple[str, ...]) -> None:
-    stream = STREAMS[name]
-    whole = run(stream, Judge(*blocked))
-    for cut in range(len(stream) + 1):
-        assert run(stream, Judge(*blocked), [stream[:cut], stream[cut:]]) == whole, cut
+    assert_every_two_way_split_agrees(API, STREAMS[name], blocked)
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
 def test_byte_by_byte_and_crlf(name: str) -> None:
-    stream = STREAMS[name]
-    whole = run(stream, Judge("run_shell"))
-    assert run(stream, Judge("run_shell"), [stream[i : i + 1] for i in range(len(stream))]) == whole
-    crlf = stream.replace(b"\n", b"\r\n")
-    crlf_out = run(crlf, Judge("run_shell"), [crlf[i : i + 1] for i in range(len(crlf))])
-    assert final(crlf_out.replace(b"\r\n", b"\n")).model_dump() == final(whole).model_dump()
+    assert_byte_by_byte_and_crlf_agree(API, STREAMS[name], final)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(CALL_STREAM)), max_size=30))
 def test_random_splits_give_the_same_output(cuts: list[int]) -> None:
-    points = sorted(set(cuts))
-    pieces = [CALL_STREAM[a:b] for a, b in zip([0, *points], [*points, len(CALL_STREAM)], strict=True)]
-    assert run(CALL_STREAM, Judge("run_shell"), pieces) == run(CALL_STREAM, Judge("run_shell"))
+    assert_random_split_agrees(API, CALL_STREAM, cuts)
 
 
 @pytest.mark.parametrize("blocked", [("run_shell",), ("run_shell", "read_file", "list_dir")], ids=["one", "all"])

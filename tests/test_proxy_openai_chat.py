@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -13,7 +14,15 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from aegis_proxy.models import Role, ToolCall, Trust
 from aegis_proxy.proxy.openai_chat import OpenAIChat
 from aegis_proxy.proxy.wire import Ruling, WireError, blocked_text
-from tests.wire_server import Judge, serve
+from tests.wire_server import (
+    Judge,
+    assert_byte_by_byte_and_crlf_agree,
+    assert_every_two_way_split_agrees,
+    assert_random_split_agrees,
+    rulings_of,
+    run_filter,
+    serve,
+)
 
 CHAT = OpenAIChat()
 
@@ -233,8 +242,7 @@ def test_malformed_responses_are_refused(body: bytes) -> None:
         CHAT.rewrite(body, {})
 
 
-def rulings_for(body: bytes, judge: Judge) -> dict[str, Ruling]:
-    return {c.id: judge(c) for c in CHAT.tool_calls(body)}
+rulings_for = functools.partial(rulings_of, CHAT)
 
 
 def test_rewrite_returns_original_bytes_when_nothing_is_blocked() -> None:
@@ -352,9 +360,7 @@ TWO_CHOICE_STREAM = (
 STREAMS = {"text": TEXT_STREAM, "calls": CALL_STREAM, "two-choices": TWO_CHOICE_STREAM}
 
 
-def run(stream: bytes, judge: Judge, pieces: list[bytes] | None = None) -> bytes:
-    f = CHAT.stream_filter(judge)
-    return b"".join(f.feed(p) for p in (pieces if pieces is not None else [stream])) + f.close()
+run = functools.partial(run_filter, CHAT)
 
 
 def events(out: bytes) -> list[ChatCompletionChunk]:
@@ -435,28 +441,17 @@ def test_choices_are_decided_separately() -> None:
 @pytest.mark.parametrize("name", sorted(STREAMS))
 @pytest.mark.parametrize("blocked", [(), ("run_shell",)], ids=["allow", "block"])
 def test_every_two_way_split_gives_the_same_output(name: str, blocked: tuple[str, ...]) -> None:
-    stream = STREAMS[name]
-    whole = run(stream, Judge(*blocked))
-    for cut in range(len(stream) + 1):
-        assert run(stream, Judge(*blocked), [stream[:cut], stream[cut:]]) == whole, cut
+    assert_every_two_way_split_agrees(CHAT, STREAMS[name], blocked)
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
 def test_byte_by_byte_and_crlf(name: str) -> None:
-    stream = STREAMS[name]
-    whole = run(stream, Judge("run_shell"))
-    assert run(stream, Judge("run_shell"), [stream[i : i + 1] for i in range(len(stream))]) == whole
-    crlf = stream.replace(b"\n", b"\r\n")
-    judge = Judge("run_shell")
-    crlf_out = run(crlf, judge, [crlf[i : i + 1] for i in range(len(crlf))])
-    assert final(crlf_out.replace(b"\r\n", b"\n")).model_dump() == final(whole).model_dump()
+    assert_byte_by_byte_and_crlf_agree(CHAT, STREAMS[name], final)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(CALL_STREAM)), max_size=30))
 def test_random_splits_give_the_same_output(cuts: list[int]) -> None:
-    points = sorted(set(cuts))
-    pieces = [CALL_STREAM[a:b] for a, b in zip([0, *points], [*points, len(CALL_STREAM)], strict=True)]
-    assert run(CALL_STREAM, Judge("run_shell"), pieces) == run(CALL_STREAM, Judge("run_shell"))
+    assert_random_split_agrees(CHAT, CALL_STREAM, cuts)
 
 
 def test_real_sdk_streams_a_rewritten_response() -> None:

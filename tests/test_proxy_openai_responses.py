@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -13,7 +14,15 @@ from pydantic import TypeAdapter
 from aegis_proxy.models import Role, ToolCall, Trust
 from aegis_proxy.proxy.openai_responses import OpenAIResponses
 from aegis_proxy.proxy.wire import Ruling, WireError, blocked_text
-from tests.wire_server import Judge, serve
+from tests.wire_server import (
+    Judge,
+    assert_byte_by_byte_and_crlf_agree,
+    assert_every_two_way_split_agrees,
+    assert_random_split_agrees,
+    rulings_of,
+    run_filter,
+    serve,
+)
 
 API = OpenAIResponses()
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -216,8 +225,7 @@ def test_malformed_responses_are_refused(body: bytes) -> None:
         API.rewrite(body, {})
 
 
-def rulings_for(body: bytes, judge: Judge) -> dict[str, Ruling]:
-    return {c.id: judge(c) for c in API.tool_calls(body)}
+rulings_for = functools.partial(rulings_of, API)
 
 
 def test_rewrite_returns_original_bytes_when_nothing_is_blocked() -> None:
@@ -332,9 +340,7 @@ TEXT_STREAM = _stream(_text_body, text_item("msg_1", "Hello ✓"))
 STREAMS = {"text": TEXT_STREAM, "calls": CALL_STREAM}
 
 
-def run(stream: bytes, judge: Judge, pieces: list[bytes] | None = None) -> bytes:
-    f = API.stream_filter(judge)
-    return b"".join(f.feed(p) for p in (pieces if pieces is not None else [stream])) + f.close()
+run = functools.partial(run_filter, API)
 
 
 def parsed_events(out: bytes) -> list[Any]:
@@ -409,27 +415,17 @@ def test_blocked_call_becomes_a_message_item_everywhere(blocked: tuple[str, ...]
 @pytest.mark.parametrize("name", sorted(STREAMS))
 @pytest.mark.parametrize("blocked", [(), ("run_shell",)], ids=["allow", "block"])
 def test_every_two_way_split_gives_the_same_output(name: str, blocked: tuple[str, ...]) -> None:
-    stream = STREAMS[name]
-    whole = run(stream, Judge(*blocked))
-    for cut in range(0, len(stream) + 1, 1):
-        assert run(stream, Judge(*blocked), [stream[:cut], stream[cut:]]) == whole, cut
+    assert_every_two_way_split_agrees(API, STREAMS[name], blocked)
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
 def test_byte_by_byte_and_crlf(name: str) -> None:
-    stream = STREAMS[name]
-    whole = run(stream, Judge("run_shell"))
-    assert run(stream, Judge("run_shell"), [stream[i : i + 1] for i in range(len(stream))]) == whole
-    crlf = stream.replace(b"\n", b"\r\n")
-    crlf_out = run(crlf, Judge("run_shell"), [crlf[i : i + 1] for i in range(len(crlf))])
-    assert accumulate(crlf_out.replace(b"\r\n", b"\n"))[1].model_dump() == accumulate(whole)[1].model_dump()
+    assert_byte_by_byte_and_crlf_agree(API, STREAMS[name], lambda out: accumulate(out)[1])
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(CALL_STREAM)), max_size=30))
 def test_random_splits_give_the_same_output(cuts: list[int]) -> None:
-    points = sorted(set(cuts))
-    pieces = [CALL_STREAM[a:b] for a, b in zip([0, *points], [*points, len(CALL_STREAM)], strict=True)]
-    assert run(CALL_STREAM, Judge("run_shell"), pieces) == run(CALL_STREAM, Judge("run_shell"))
+    assert_random_split_agrees(API, CALL_STREAM, cuts)
 
 
 def test_real_sdk_streams_a_rewritten_response() -> None:
