@@ -7,7 +7,9 @@ Appends: SQLite (WAL, synchronous=FULL) and PostgreSQL, with 1 and 8 writer thre
 either appending batches of 64 records per transaction (group commit, what the background writer does) or one record
 per transaction. Every record is Ed25519-signed and chained, every transaction committed (fsync'd) before append
 returns, and checkpoints are written at the store's default cadence (every 1000 records) inside the same transactions.
-Verify: `verify_chain` over a SQLite log, with 1 worker and with N worker processes (default: the CPU count).
+Verify: `verify_chain` (steps 1-5) over a SQLite log, with 1 worker and with N worker processes (default: the CPU
+count); then `aegis audit verify` as users run it (commands.verify_log: steps 1-8, the stored checkpoints included,
+its own choice of workers), wall clock including the worker start-up.
 Targets (issue 4, 2-core machine): >= 5,000 appends/s SQLite batched, >= 2,000/s PostgreSQL, verify >= 20,000/s.
 """
 
@@ -24,7 +26,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aegis_proxy.audit.keys import TrustedKey, key_id
+from aegis_proxy.audit.commands import GeneratedKey, verify_log
+from aegis_proxy.audit.keys import TrustedKey, key_id, public_key_hex
 from aegis_proxy.audit.store import AppendEntry, AuditStore, verify_chain
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -90,6 +93,16 @@ def verify_rate(url: str, records: int, workers: int) -> list[tuple[int, float, 
         elapsed, after = time.perf_counter() - began, os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # user + system, of this process and its (reaped) workers
         rates.append((count, records / elapsed, cpu / records * 1e6))
+    # The whole `aegis audit verify`, with the trusted-keys file a user would write.
+    entry_text = GeneratedKey("", key_id(KEY.public_key()), public_key_hex(KEY.public_key()), 0).trust_entry()
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as trusted:
+        trusted.write(entry_text)
+        trusted.flush()
+        before, began = os.times(), time.perf_counter()
+        report = verify_log(url, store.origin, trusted.name)
+        elapsed, after = time.perf_counter() - began, os.times()
+    assert report.ok and report.records == records, report.failure
+    rates.append((0, records / elapsed, (sum(after[:4]) - sum(before[:4])) / records * 1e6))
     store.close()
     return rates
 
@@ -138,7 +151,8 @@ def main() -> None:
             print("(CPU us/rec: this process only, all threads; PostgreSQL's server work is not in it)")
             print(f"\nverify_chain over {args.verify_records:,} records (SQLite)")
             for count, rate, cpu in verify_rate(backends[0][1], args.verify_records, args.workers):
-                print(f"  workers={count}: {rate:>10,.0f} records/s   CPU {cpu:,.0f} us/record")
+                what = f"verify_chain workers={count}" if count else "aegis audit verify (steps 1-8)"
+                print(f"  {what:<32} {rate:>10,.0f} records/s   CPU {cpu:,.0f} us/record")
         finally:
             for _, _, schema in backends:
                 if schema is not None:

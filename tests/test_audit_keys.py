@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from aegis_proxy.audit.errors import AuditError, VerificationError
 from aegis_proxy.audit.keys import (
@@ -467,3 +468,59 @@ def test_keys_rotate_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     code, out, err = _cli(capsys, *rotate)
     assert code == 2
     assert message in err + out
+
+
+# RFC 8032 section 7.1, tests 1 and 2: (secret key, public key, message, signature), hex.
+RFC8032_VECTORS = [
+    (
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        "",
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe2"
+        "4655141438e7a100b",
+    ),
+    (
+        "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+        "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        "72",
+        "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302ae"
+        "eb00d291612bb0c00",
+    ),
+]
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+def _openssl_verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        public.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _signature_variants(signature: bytes) -> list[tuple[str, bytes]]:
+    s_plus_order = int.from_bytes(signature[32:], "little") + GROUP_ORDER
+    return [
+        ("as-signed", signature),
+        ("R-bit-flip", bytes([signature[0] ^ 1]) + signature[1:]),
+        ("S-bit-flip", signature[:40] + bytes([signature[40] ^ 0x10]) + signature[41:]),
+        ("S-plus-group-order", signature[:32] + s_plus_order.to_bytes(32, "little")),  # malleability: not canonical
+        ("short", signature[:63]),
+        ("long", signature + b"\x00"),
+        ("zeros", bytes(64)),
+    ]
+
+
+@pytest.mark.parametrize(("secret", "public", "message", "signature"), RFC8032_VECTORS, ids=["test1", "test2"])
+def test_record_signature_check_agrees_with_openssl(secret: str, public: str, message: str, signature: str) -> None:
+    # TrustedKey.verifies (libsodium) checks record signatures that cryptography (OpenSSL) made: both must accept
+    # exactly the same ones.
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret))
+    assert key.public_key().public_bytes_raw().hex() == public
+    assert key.sign(bytes.fromhex(message)).hex() == signature
+    trusted = TrustedKey(key_id(key.public_key()), key.public_key(), 0)
+    for name, variant in _signature_variants(bytes.fromhex(signature)):
+        for text in (bytes.fromhex(message), bytes.fromhex(message) + b"x"):
+            expected = _openssl_verifies(key.public_key(), variant, text)
+            assert trusted.verifies(variant, text) is expected, name
+            assert expected is (name == "as-signed" and text == bytes.fromhex(message)), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -11,7 +12,7 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from aegis_proxy.audit.errors import AuditError, VerificationError
 from aegis_proxy.audit.keys import TrustedKey, key_id
@@ -20,6 +21,7 @@ from aegis_proxy.audit.record import (
     ZERO_HASH,
     FindingSummary,
     RecordBody,
+    RotationInfo,
     SignedRecord,
     _canonical_json,
     args_commitment,
@@ -277,7 +279,7 @@ def test_sign_refuses_a_key_the_body_does_not_name() -> None:
 
 
 def _with(**changes: object) -> SignedRecord:
-    return SIGNED.model_copy(update=changes)
+    return dataclasses.replace(SIGNED, **changes)
 
 
 def _domain_signed(prefix: bytes) -> SignedRecord:
@@ -405,3 +407,40 @@ def test_fast_canonical_path_edge_cases(value: object) -> None:
 def test_canonical_json_refuses_like_rfc8785(value: object) -> None:
     with pytest.raises(rfc8785.CanonicalizationError):
         _canonical_json(value)
+
+
+@pytest.mark.parametrize("model", [RecordBody, FindingSummary, RotationInfo])
+def test_fields_are_declared_in_canonical_order(model: type[BaseModel]) -> None:
+    # canonical_body and parse_body rely on pydantic's serialiser writing the fields in RFC 8785 order.
+    assert list(model.model_fields) == sorted(model.model_fields)
+
+
+LABELS = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    agent=st.none() | LABELS,
+    tool=st.none() | LABELS,
+    rules=st.lists(LABELS, max_size=3).map(tuple),
+    scores=st.dictionaries(LABELS, st.integers(0, 1_000_000), max_size=4),
+    path=st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=20),
+)
+def test_canonical_body_is_rfc8785_and_parses_back(
+    agent: str | None, tool: str | None, rules: tuple[str, ...], scores: dict[str, int], path: str
+) -> None:
+    # Whichever way canonical_body takes (pydantic's serialiser, json.dumps, rfc8785: unsorted or non-ASCII score
+    # names), the bytes are RFC 8785's, and parse_body's fast check accepts them and gives the same body back.
+    findings = (FindingSummary(category="secret", severity="low", path=path),)
+    body = make_body(agent_id=agent, tool=tool, rules=rules, scores=scores, findings=findings)
+    data = canonical_body(body)
+    assert data == rfc8785.dumps(body.model_dump(mode="json"))
+    assert parse_body(data) == body
+
+
+def test_unsorted_score_names_are_not_canonical() -> None:
+    data = canonical_body(make_body(scores={"a": 1, "b": 2}))
+    swapped = data.replace(b'"scores":{"a":1,"b":2}', b'"scores":{"b":2,"a":1}')
+    assert swapped != data
+    with pytest.raises(VerificationError, match="differ"):
+        parse_body(swapped)

@@ -443,6 +443,12 @@ def test_rotation_while_threads_append(store: AuditStore) -> None:
         ("column", 7, "step 4: seq 7: column(s) decision differ"),
         ("delete", 20, "step 1: expected seq 20, found seq 21"),
         ("signature", 29, "step 2: seq 29 does not verify: bad signature"),
+        # At chunk boundaries (chunks of 4): the first record of a chunk, a chunk that starts late, a broken link
+        # into a chunk, and a record missing from a chunk's end.
+        ("body", 4, "step 2: seq 4 does not verify: leaf hash mismatch"),
+        ("delete", 8, "step 1: expected seq 8, found seq 9"),
+        ("prev", 12, "step 3: seq 12: prev is not the leaf hash of seq 11"),
+        ("delete", 15, "step 1: expected seq 15, found seq 16"),
     ],
 )
 def test_parallel_verification_reports_what_sequential_does(
@@ -461,6 +467,8 @@ def test_parallel_verification_reports_what_sequential_does(
             )
     elif mutation == "signature":
         tamper(store, seq, signature=bytes(64))
+    elif mutation == "prev":
+        tamper(store, seq, prev_hash=b"\x01" * 32)
     if mutation is None:
         verify_chain(store, TRUSTED, workers=2)
         return

@@ -46,13 +46,13 @@ from aegis_proxy.audit.merkle import MerkleTree, leaf_hash
 from aegis_proxy.audit.record import format_time, parse_body, verify_record
 from aegis_proxy.audit.store import (
     StoredCheckpoint,
-    StoredRecord,
     audit_checkpoints,
     audit_head,
     audit_records,
     column_bytes,
     stored_record,
-    verify_chain,
+    verify_query,
+    verify_rows,
 )
 
 # The steps of store.verify_chain, in its numbering (its messages start with "step N:").
@@ -204,20 +204,15 @@ def verify_log(url: str, origin: str, trusted_keys_path: str, trusted_checkpoint
         with _snapshot(engine) as conn, conn.begin():
             head_seq, head_leaf = _head(conn, origin)
 
-            def records() -> Iterator[StoredRecord]:
-                nonlocal counted
-                query = select(audit_records).where(audit_records.c.origin == origin).order_by(audit_records.c.seq)
-                for row in conn.execution_options(yield_per=1000).execute(query):
-                    stored = stored_record(row)
-                    yield stored
-                    counted += 1  # after the consumer returns: the previous record passed every check
-                    leaves.append(stored.record.leaf_hash)
-
             stored_checkpoints: list[StoredCheckpoint] = []
             try:
-                # Signature checks in parallel pay for the worker start-up only on long logs.
+                # Checking in parallel pays for the worker start-up only on long logs.
                 workers = (os.cpu_count() or 1) if head_seq >= _PARALLEL_FROM else 1
-                verify_chain(records(), trusted, workers=workers)
+                rows = conn.execution_options(yield_per=1000).execute(verify_query(origin))
+                chain = verify_rows(rows, trusted, origin=origin, workers=workers, leaves=leaves)
+                counted = chain.verified
+                if chain.error is not None:
+                    raise chain.error
                 last_leaf = leaves[-1] if leaves else bytes(32)
                 if head_seq != counted - 1 or last_leaf != head_leaf:
                     raise VerificationError(

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import nacl.bindings
+import nacl.exceptions
 import rfc8785
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -117,6 +119,7 @@ class TrustedKey:
     public_key: Ed25519PublicKey
     first_seq: int
     last_seq: int | None = None
+    raw: bytes = dataclasses.field(init=False, repr=False, compare=False)  # the 32-byte key, for `verifies`
 
     def __post_init__(self) -> None:
         if key_id(self.public_key) != self.key_id:
@@ -125,6 +128,18 @@ class TrustedKey:
             raise AuditError(
                 f"key {self.key_id}: invalid seq range {self.range_text()}", hint="first <= last, both >= 0"
             )
+        object.__setattr__(self, "raw", _raw_public(self.public_key))
+
+    def verifies(self, signature: bytes, message: bytes) -> bool:
+        """True when `signature` is this key's Ed25519 signature over `message` (libsodium: strict RFC 8032 checks,
+        canonical S and point encodings; every signature OpenSSL makes passes)."""
+        if len(signature) != 64:
+            return False
+        try:
+            nacl.bindings.crypto_sign_open(signature + message, self.raw)
+        except nacl.exceptions.BadSignatureError:
+            return False
+        return True
 
     def covers(self, seq: int) -> bool:
         return self.first_seq <= seq and (self.last_seq is None or seq <= self.last_seq)

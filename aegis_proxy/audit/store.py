@@ -25,7 +25,7 @@ import multiprocessing
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import rfc8785
@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.sql import Select
 
 from aegis_proxy.audit import migrate
 from aegis_proxy.audit.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint, verify_checkpoint
@@ -726,6 +727,8 @@ def rotate_key_files(url: str, origin: str, key_path: str, new_key_path: str, re
 def column_bytes(value: Any) -> bytes:
     """A binary column as bytes. psycopg2 returns memoryview; a row edited with the sqlite3 shell may hold TEXT or
     INTEGER, which must fail verification, not crash it (bytes(64) would even be 64 zero bytes)."""
+    if type(value) is bytes:  # nearly always: no copy
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
@@ -735,19 +738,22 @@ def column_bytes(value: Any) -> bytes:
 
 def stored_record(row: Any) -> StoredRecord:
     """One `audit_records` row as read, whatever a tamperer left in its columns."""
+    return _stored_from_values(tuple(getattr(row, name) for name in VERIFY_COLUMNS))
+
+
+def _stored_from_values(values: Sequence[Any]) -> StoredRecord:
+    origin, seq, body, leaf, kid, signature, prev, *indexed = values
     return StoredRecord(
-        origin=str(row.origin),
-        seq=row.seq,
-        # model_construct: the values are bytes and str by construction here, and validation would cost as much as
-        # reading the row (verification reads millions).
-        record=SignedRecord.model_construct(
-            body_bytes=column_bytes(row.body),
-            leaf_hash=column_bytes(row.leaf_hash),
-            key_id=str(row.key_id),
-            signature=column_bytes(row.signature),
+        origin=str(origin),
+        seq=seq,
+        record=SignedRecord(
+            body_bytes=column_bytes(body),
+            leaf_hash=column_bytes(leaf),
+            key_id=str(kid),
+            signature=column_bytes(signature),
         ),
-        prev_hash=column_bytes(row.prev_hash),
-        columns={name: getattr(row, name) for name in _INDEXED},
+        prev_hash=column_bytes(prev),
+        columns=dict(zip(_INDEXED, indexed, strict=True)),
     )
 
 
@@ -764,10 +770,41 @@ def _stored_checkpoint(row: Any) -> StoredCheckpoint:
 # ----------------------------------------------------------------------------------------------------------------------
 # verification
 
-# What verify_chain needs from one record that verified on its own: (prev, origin, seq, indexed field values);
+# The columns verification reads, in this order: a row travels to a worker process as a plain tuple of them.
+VERIFY_COLUMNS = ("origin", "seq", "body", "leaf_hash", "key_id", "signature", "prev_hash", *_INDEXED)
+_CHUNK = 1024  # rows per unit of work: large enough that handing it to a worker costs little per row
+
+# What the chain check needs from one record that verified on its own: (prev, origin, seq, indexed field values);
 # or, when it did not verify, the error message.
 _Outcome = tuple[str, str, int, tuple[Any, ...]] | str
-_CHUNK = 1024
+# A failure as it crosses a process boundary: (message, seq or None, hint or None).
+_Failure = tuple[str, int | None, str | None]
+
+
+def verify_query(origin: str) -> Select[Any]:
+    """The rows of one log in seq order, with exactly the columns of VERIFY_COLUMNS."""
+    columns = [audit_records.c[name] for name in VERIFY_COLUMNS]
+    return select(*columns).where(audit_records.c.origin == origin).order_by(audit_records.c.seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainResult:
+    """What verifying rows in order found: records 0..verified-1 passed steps 1-4; `error` names the first that
+    did not (None when every row passed)."""
+
+    verified: int
+    last_leaf: bytes | None
+    error: VerificationError | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Continuation:
+    """Where a run of rows continues the chain, assuming every earlier row verified (if one did not, its error is
+    reported first and this is never looked at)."""
+
+    expected_seq: int
+    prev_leaf: bytes | None  # None before seq 0: prev must be 64 zeros
+    origin: str | None  # None until the first row names the log
 
 
 def _verify_one(record: SignedRecord, rotation: bool, trusted_keys: Mapping[str, TrustedKey]) -> _Outcome:
@@ -780,6 +817,76 @@ def _verify_one(record: SignedRecord, rotation: bool, trusted_keys: Mapping[str,
     return body.prev, body.origin, body.seq, tuple(getattr(body, name) for name in _INDEXED)
 
 
+def _check_link(
+    stored: StoredRecord, outcome: _Outcome, expected_seq: int, prev_leaf: bytes | None, origin: str
+) -> None:
+    """Steps 1-4 for one record; raises VerificationError naming the step."""
+    seq = stored.seq
+    if seq != expected_seq:
+        raise VerificationError(f"step 1: expected seq {expected_seq}, found seq {seq} (gap or reorder)", index=seq)
+    if isinstance(outcome, str):
+        raise VerificationError(f"step 2: seq {seq} does not verify: {outcome}", index=seq)
+    body_prev, body_origin, body_seq, body_indexed = outcome
+    expected_prev = ZERO_HASH if prev_leaf is None else prev_leaf.hex()
+    if body_prev != expected_prev or stored.prev_hash.hex() != expected_prev:
+        raise VerificationError(f"step 3: seq {seq}: prev is not the leaf hash of seq {seq - 1}", index=seq)
+    if body_indexed == tuple(stored.columns.values()) and body_origin == stored.origin == origin and body_seq == seq:
+        return  # the common case, in one comparison; the rest names what differs
+    mismatched = [name for name, value in zip(_INDEXED, body_indexed, strict=True) if stored.columns.get(name) != value]
+    if body_origin != stored.origin or stored.origin != origin:
+        mismatched.insert(0, "origin")
+    if body_seq != seq:
+        mismatched.insert(0, "seq")
+    if mismatched:
+        raise VerificationError(
+            f"step 4: seq {seq}: column(s) {', '.join(mismatched)} differ from the signed body", index=seq
+        )
+
+
+def _check_rows(
+    rows: Sequence[Sequence[Any]], start: _Continuation, trusted_keys: Mapping[str, TrustedKey]
+) -> tuple[int, _Failure | None]:
+    """Steps 1-4 over consecutive rows continuing `start`: (rows that passed, the first failure or None)."""
+    expected_seq, prev_leaf, origin = start.expected_seq, start.prev_leaf, start.origin
+    for passed, values in enumerate(rows):
+        stored = _stored_from_values(values)
+        origin = stored.origin if origin is None else origin  # one log, one origin
+        try:
+            rotation = stored.columns.get("type") == "key_rotation"
+            _check_link(stored, _verify_one(stored.record, rotation, trusted_keys), expected_seq, prev_leaf, origin)
+        except VerificationError as error:
+            return passed, (error.message, error.index, error.hint)
+        prev_leaf, expected_seq = stored.record.leaf_hash, stored.seq + 1
+    return len(rows), None
+
+
+class _Chunks:
+    """Rows as picklable tuples, in chunks, each with where it continues the chain. Keeps the last row's leaf hash
+    column, and every one in `leaves` when given (they are verified once the whole chain is)."""
+
+    def __init__(self, rows: Iterable[Sequence[Any]], origin: str | None, leaves: list[bytes] | None) -> None:
+        self._rows, self._origin, self._leaves = iter(rows), origin, leaves
+        self.last_leaf: bytes | None = None
+
+    def __iter__(self) -> Iterator[tuple[list[tuple[Any, ...]], _Continuation]]:
+        start = _Continuation(0, None, self._origin)
+        plain: Callable[[Sequence[Any]], tuple[Any, ...]] | None = None
+        while chunk := list(itertools.islice(self._rows, _CHUNK)):
+            if plain is None:  # psycopg2 returns bytea as memoryview, which cannot be pickled to a worker
+                plain = _without_memoryviews if any(type(value) is memoryview for value in chunk[0]) else tuple
+            chunk = [plain(row) for row in chunk]
+            if self._leaves is not None:
+                self._leaves.extend(column_bytes(values[3]) for values in chunk)
+            self.last_leaf = column_bytes(chunk[-1][3])
+            yield chunk, start
+            origin = str(chunk[0][0]) if start.origin is None else start.origin
+            start = _Continuation(start.expected_seq + len(chunk), self.last_leaf, origin)
+
+
+def _without_memoryviews(row: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(bytes(value) if isinstance(value, memoryview) else value for value in row)
+
+
 _worker_keys: dict[str, TrustedKey] = {}
 
 
@@ -788,84 +895,65 @@ def _init_worker(keys: list[tuple[str, bytes, int, int | None]]) -> None:
     _worker_keys = {kid: TrustedKey(kid, Ed25519PublicKey.from_public_bytes(raw), a, b) for kid, raw, a, b in keys}
 
 
-def _verify_batch(batch: list[tuple[bytes, bytes, str, bytes, bool]]) -> list[_Outcome]:
-    outcomes: list[_Outcome] = []
-    for body, leaf, kid, signature, rotation in batch:
-        record = SignedRecord.model_construct(body_bytes=body, leaf_hash=leaf, key_id=kid, signature=signature)
-        outcomes.append(_verify_one(record, rotation, _worker_keys))
-    return outcomes
+def _check_rows_in_worker(rows: list[tuple[Any, ...]], start: _Continuation) -> tuple[int, _Failure | None]:
+    return _check_rows(rows, start, _worker_keys)
 
 
-def _is_rotation(stored: StoredRecord) -> bool:
-    return stored.columns.get("type") == "key_rotation"
-
-
-def _outcomes(
-    records: Iterable[StoredRecord], trusted_keys: Mapping[str, TrustedKey], workers: int
-) -> Iterator[tuple[StoredRecord, _Outcome]]:
-    if workers <= 1:
-        for stored in records:
-            yield stored, _verify_one(stored.record, _is_rotation(stored), trusted_keys)
-        return
-    keys = [
-        (t.key_id, bytes.fromhex(public_key_hex(t.public_key)), t.first_seq, t.last_seq) for t in trusted_keys.values()
-    ]
+def _checked_in_workers(
+    chunks: Iterator[tuple[list[tuple[Any, ...]], _Continuation]], trusted_keys: Mapping[str, TrustedKey], workers: int
+) -> Iterator[tuple[int, _Failure | None]]:
+    """_check_rows over every chunk in `workers` processes, results in chunk order, a few chunks read ahead."""
+    keys = [(t.key_id, t.raw, t.first_seq, t.last_seq) for t in trusted_keys.values()]
     # fork starts workers in milliseconds; with other threads running (a proxy), fork is unsafe, so spawn.
     method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker, initargs=(keys,)
     )
-    source = iter(records)
-    pending: collections.deque[tuple[list[StoredRecord], concurrent.futures.Future[list[_Outcome]]]]
-    pending = collections.deque()
-
-    def submit() -> None:
-        chunk = list(itertools.islice(source, _CHUNK))
-        if chunk:
-            batch = [
-                (s.record.body_bytes, s.record.leaf_hash, s.record.key_id, s.record.signature, _is_rotation(s))
-                for s in chunk
-            ]
-            pending.append((chunk, pool.submit(_verify_batch, batch)))
-
+    pending: collections.deque[concurrent.futures.Future[tuple[int, _Failure | None]]] = collections.deque()
     try:
-        for _ in range(2 * workers):
-            submit()
+        for chunk, start in itertools.islice(chunks, 2 * workers):
+            pending.append(pool.submit(_check_rows_in_worker, chunk, start))
         while pending:
-            chunk, future = pending.popleft()
-            submit()
-            yield from zip(chunk, future.result(), strict=True)
+            result = pending.popleft().result()
+            for chunk, start in itertools.islice(chunks, 1):
+                pending.append(pool.submit(_check_rows_in_worker, chunk, start))
+            yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _check_links(outcomes: Iterator[tuple[StoredRecord, _Outcome]], origin: str | None) -> tuple[bytes | None, int]:
-    """Steps 1-4 over records in order; return (last leaf hash or None, next expected seq)."""
-    expected_seq, prev_leaf = 0, None
-    for stored, outcome in outcomes:
-        origin = stored.origin if origin is None else origin  # one log, one origin
-        seq = stored.seq
-        if seq != expected_seq:
-            raise VerificationError(f"step 1: expected seq {expected_seq}, found seq {seq} (gap or reorder)", index=seq)
-        if isinstance(outcome, str):
-            raise VerificationError(f"step 2: seq {seq} does not verify: {outcome}", index=seq)
-        body_prev, body_origin, body_seq, body_indexed = outcome
-        expected_prev = ZERO_HASH if prev_leaf is None else prev_leaf.hex()
-        if body_prev != expected_prev or stored.prev_hash.hex() != expected_prev:
-            raise VerificationError(f"step 3: seq {seq}: prev is not the leaf hash of seq {seq - 1}", index=seq)
-        mismatched = [
-            name for name, value in zip(_INDEXED, body_indexed, strict=True) if stored.columns.get(name) != value
-        ]
-        if body_origin != stored.origin or stored.origin != origin:
-            mismatched.insert(0, "origin")
-        if body_seq != seq:
-            mismatched.insert(0, "seq")
-        if mismatched:
-            raise VerificationError(
-                f"step 4: seq {seq}: column(s) {', '.join(mismatched)} differ from the signed body", index=seq
-            )
-        prev_leaf, expected_seq = stored.record.leaf_hash, seq + 1
-    return prev_leaf, expected_seq
+def verify_rows(
+    rows: Iterable[Sequence[Any]],
+    trusted_keys: Mapping[str, TrustedKey],
+    *,
+    origin: str | None = None,
+    workers: int = 1,
+    leaves: list[bytes] | None = None,
+) -> ChainResult:
+    """Steps 1-4 of verify_chain over rows of VERIFY_COLUMNS in seq order (verify_query); never raises for a bad row.
+
+    With `workers` > 1 the rows are checked in that many processes, chunk by chunk; the parent only reads rows and
+    tells each chunk where it continues the chain, so the first failure and its message are the same as with one.
+    """
+    reader = _Chunks(rows, origin, leaves)
+    chunks = iter(reader)
+    if workers <= 1:
+        results: Iterator[tuple[int, _Failure | None]] = (_check_rows(c, s, trusted_keys) for c, s in chunks)
+    else:
+        results = _checked_in_workers(chunks, trusted_keys, workers)
+    verified = 0
+    try:
+        for passed, failure in results:
+            verified += passed
+            if failure is not None:
+                message, index, hint = failure
+                return ChainResult(verified, None, VerificationError(message, index=index, hint=hint))
+        return ChainResult(verified, reader.last_leaf, None)
+    finally:
+        # A failure leaves the generators suspended, each holding a database transaction open (a lock that blocks
+        # DDL, a WAL snapshot); close them now.
+        results.close()
+        chunks.close()
 
 
 def verify_chain(
@@ -880,24 +968,36 @@ def verify_chain(
        body's fields.
     5. The head row matches the last record (only when `source` is an AuditStore).
 
-    With `workers` > 1, step 2 (the signature and body checks, nearly all the work) runs in that many processes on
-    chunks of records read ahead; steps 1, 3 and 4 stay sequential here, so the error is the same as with one worker.
+    With `workers` > 1, steps 1-4 run in that many processes on chunks of records read ahead (verify_rows); the
+    error is the same as with one worker.
     """
-    records = source.iter_records() if isinstance(source, AuditStore) else source
-    outcomes = _outcomes(records, trusted_keys, workers)
-    try:
-        prev_leaf, expected_seq = _check_links(outcomes, source.origin if isinstance(source, AuditStore) else None)
-    finally:
-        # A failure leaves the generators suspended, each holding a database transaction open (a lock that blocks
-        # DDL, a WAL snapshot); the exception's traceback would keep them alive. Close them now.
-        outcomes.close()
-        if isinstance(records, collections.abc.Generator) and isinstance(source, AuditStore):
-            records.close()
-    if isinstance(source, AuditStore):
-        head_seq, head_leaf = source.head()
-        last_leaf = _ZERO_LEAF if prev_leaf is None else prev_leaf
-        if head_seq != expected_seq - 1 or head_leaf != last_leaf:
-            raise VerificationError(
-                f"step 5: head row says seq {head_seq}, but the last record is seq {expected_seq - 1}",
-                index=expected_seq - 1,
+    if not isinstance(source, AuditStore):
+        rows = (
+            (
+                s.origin,
+                s.seq,
+                s.record.body_bytes,
+                s.record.leaf_hash,
+                s.record.key_id,
+                s.record.signature,
+                s.prev_hash,
+                *(s.columns.get(name) for name in _INDEXED),
             )
+            for s in source
+        )
+        result = verify_rows(rows, trusted_keys, workers=workers)
+        if result.error is not None:
+            raise result.error
+        return
+    with source.engine.connect().execution_options(**{_READ_ONLY: True}) as conn:
+        rows = conn.execution_options(yield_per=1000).execute(verify_query(source.origin))
+        result = verify_rows(rows, trusted_keys, origin=source.origin, workers=workers)
+    if result.error is not None:
+        raise result.error
+    head_seq, head_leaf = source.head()
+    last_leaf = _ZERO_LEAF if result.last_leaf is None else result.last_leaf
+    if head_seq != result.verified - 1 or head_leaf != last_leaf:
+        raise VerificationError(
+            f"step 5: head row says seq {head_seq}, but the last record is seq {result.verified - 1}",
+            index=result.verified - 1,
+        )
