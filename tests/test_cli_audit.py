@@ -591,6 +591,9 @@ def test_tail_follow_prints_new_records_and_exits_0_on_ctrl_c(db_log: DbLog) -> 
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
+        # A test run started in the background (`pytest &` in a script) inherits SIGINT ignored, and so would the
+        # child: give it the disposition a terminal gives, or Ctrl-C below would do nothing.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [seen.put(line) for line in process.stdout], daemon=True)  # type: ignore[union-attr]
@@ -603,5 +606,9 @@ def test_tail_follow_prints_new_records_and_exits_0_on_ctrl_c(db_log: DbLog) -> 
         assert json.loads(seen.get(timeout=30))["seq"] == 10
     finally:
         process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave a follower running after the test
+            raise
     assert code == 0, process.stderr.read()  # type: ignore[union-attr]
