@@ -57,6 +57,10 @@ GateCause = Literal["policy", "approval", "approved", "rejected", "timeout", "er
 FAIL_CLOSED_RULE = "builtin.fail-closed"
 MAX_AUDITED_FINDINGS = 64  # worst first; a record is a summary, the full list is in the decision
 MAX_SUMMARY = 500
+# Calls whose arguments and conversation together stay within this many characters are judged on the event loop
+# (about 0.1-0.5 ms, below the cost of a thread hand-off on a busy machine); larger ones in a worker thread, where the
+# firewall's provenance pass over a long conversation (milliseconds per 100 KB of new text) cannot stall other flows.
+INLINE_MAX_CHARS = 16 * 1024
 SWEEP_MARGIN = 5.0  # seconds past expiry before the sweeper times an approval out: a waiting flow does it first
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -71,6 +75,26 @@ class GateOutcome:
     cause: GateCause = "policy"
     request_id: str | None = None
     ask_seq: int | None = None  # the ask record that this outcome resolves (or is)
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """A call the firewall decided, with what its audit record and approval need."""
+
+    call: ToolCall
+    context: CallContext  # with the session's history
+    request_id: str | None
+    started: float
+    decision: Decision
+    call_hash: str | None  # what an approval binds to; an ask's only (allow and deny need none)
+    arguments: JsonValue  # redacted for the audit log
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, error: Exception) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
 
 
 class Gate:
@@ -204,13 +228,86 @@ class Gate:
     async def decide_async(
         self, call: ToolCall, context: CallContext | None = None, *, request_id: str | None = None
     ) -> GateOutcome:
-        """`decide` in a worker thread, so the event loop serves other flows while the audit record commits."""
+        """`decide` for the event loop: the same outcome and the same durable record, without blocking the loop.
+
+        A small call (arguments and conversation within `INLINE_MAX_CHARS`, no probe) is judged right here: the
+        firewall is pure and takes a fraction of a millisecond, less than handing the call to a worker thread and back.
+        Only its audit record goes to the writer thread, and the loop serves other flows until the record is durable.
+        Whatever may take long or block runs in a worker thread, as `decide`: the probe, large calls, the approvals
+        database of an ask, writing a failure."""
+        if not self._inline(call, context):
+            return await self._decide_in_thread(call, context, request_id)
+        started = time.perf_counter()
+        try:
+            outcome = await self._decide_inline(call, context or CallContext(), request_id, started)
+        except Exception as error:  # a bug in the inline path: still a deny, audited when the log takes it
+            outcome = await self._failed_in_thread(call, context, request_id, started, "decide", error)
+        self._notify("decided", outcome, time.perf_counter() - started)
+        return outcome
+
+    async def _decide_in_thread(
+        self, call: ToolCall, context: CallContext | None, request_id: str | None
+    ) -> GateOutcome:
         try:
             return await asyncio.to_thread(self.decide, call, context, request_id=request_id)
         except Exception as error:  # e.g. the thread pool is shutting down
             return self._failed(call, context, request_id, time.perf_counter(), "decide", error)
 
+    async def _failed_in_thread(
+        self,
+        call: ToolCall,
+        context: CallContext | None,
+        request_id: str | None,
+        started: float,
+        stage: str,
+        error: BaseException,
+    ) -> GateOutcome:
+        """`_failed` (which may write a failure record) off the event loop."""
+        try:
+            return await asyncio.to_thread(self._failed, call, context, request_id, started, stage, error)
+        except Exception:  # no thread to write from: deny without a record rather than block the loop
+            return self._failed(call, context, request_id, started, "audit", error)
+
+    def _inline(self, call: ToolCall, context: CallContext | None) -> bool:
+        """Whether judging `call` on the event loop is cheaper than a thread hand-off and cannot stall other flows.
+        The firewall's cost grows with the text it reads (arguments, and the conversation for provenance); the probe
+        runs a model. A call that does not carry its wire size (raw_size 0) goes to a thread: any doubt does."""
+        if self.firewall.scorer is not None or not isinstance(call, ToolCall):
+            return False
+        if not 0 < call.raw_size <= INLINE_MAX_CHARS:
+            return False
+        budget = INLINE_MAX_CHARS - call.raw_size
+        for message in context.messages if context is not None else ():
+            budget -= len(message.content)
+            if budget < 0:
+                return False
+        return True
+
+    async def _decide_inline(
+        self, call: ToolCall, context: CallContext, request_id: str | None, started: float
+    ) -> GateOutcome:
+        try:
+            judged = self._judge(call, context, request_id, started)
+        except _StageFailed as failed:
+            return await self._failed_in_thread(call, context, request_id, started, failed.stage, failed.error)
+        if judged.decision.effect is Effect.ASK:
+            return await asyncio.to_thread(self._conclude, judged)  # the approvals database: off the loop
+        try:
+            seq = await self._write_async(self._decision_entry(judged))
+        except Exception as error:  # nothing to write the failure to: _failed writes nothing for "audit"
+            return self._failed(call, context, request_id, started, "audit", error)
+        return self._ruled(judged, seq)
+
     def _decide(self, call: ToolCall, context: CallContext, request_id: str | None, started: float) -> GateOutcome:
+        try:
+            judged = self._judge(call, context, request_id, started)
+        except _StageFailed as failed:
+            return self._failed(call, context, request_id, started, failed.stage, failed.error)
+        return self._conclude(judged)
+
+    def _judge(self, call: ToolCall, context: CallContext, request_id: str | None, started: float) -> _Judged:
+        """The pure part: the firewall's decision, the session history, the argument hash and redacted copy.
+        Raises _StageFailed naming the stage that failed."""
         stage = "firewall"
         try:
             context = self.history.with_history(context)
@@ -219,25 +316,33 @@ class Gate:
             # session rules (rate limits, "a secret was read earlier") must count it.
             self.history.record(context, call, decision.effect)
             stage = "arguments"
-            call_hash = args_hash(call.tool, call.server, call.arguments)
+            call_hash = args_hash(call.tool, call.server, call.arguments) if decision.effect is Effect.ASK else None
             arguments = redact_arguments(call.arguments, decision.findings)
+        except Exception as error:
+            raise _StageFailed(stage, error) from error
+        return _Judged(call, context, request_id, started, decision, call_hash, arguments)
+
+    def _conclude(self, judged: _Judged) -> GateOutcome:
+        """After the firewall, blocking: consume an earlier approval of an ask, write the record (durable), create the
+        pending approval of a new ask. Any failure denies."""
+        call, context, decision = judged.call, judged.context, judged.decision
+        stage = "approvals"
+        try:
+            call_hash = ""
             if decision.effect is Effect.ASK:
-                stage = "approvals"
+                call_hash = judged.call_hash or args_hash(call.tool, call.server, call.arguments)
                 approval = self.approvals.consume_approved(
                     call_hash, session_id=context.session_id, agent_id=context.agent_id
                 )
                 if approval is not None:
                     stage = "audit"
-                    return self._allow_approved(call, context, request_id, started, decision, arguments, approval)
+                    return self._allow_approved(
+                        call, context, judged.request_id, judged.started, decision, judged.arguments, approval
+                    )
             stage = "audit"
-            seq = self._write(
-                self._entry("decision", decision.effect.value, call, context, request_id, started, decision, arguments)
-            )
-            if decision.effect is Effect.ALLOW:
-                return GateOutcome("allow", decision, audit_seq=seq, request_id=request_id)
-            if decision.effect is Effect.DENY:
-                message = decision.message or f"aegis-proxy blocked this {call.tool} call"
-                return GateOutcome("deny", decision, audit_seq=seq, message=message, request_id=request_id)
+            seq = self._write(self._decision_entry(judged))
+            if decision.effect is not Effect.ASK:
+                return self._ruled(judged, seq)
             stage = "approvals"
             approval = self.approvals.create(
                 tool=call.tool,
@@ -246,19 +351,47 @@ class Gate:
                 session_id=context.session_id,
                 agent_id=context.agent_id,
                 ask_seq=seq,
-                summary=summarize(call.tool, call.server, arguments, decision),
+                summary=summarize(call.tool, call.server, judged.arguments, decision),
                 timeout=self.approval_timeout,
             )
         except Exception as error:
-            return self._failed(call, context, request_id, started, stage, error)
+            return self._failed(call, context, judged.request_id, judged.started, stage, error)
         held = (decision.message or f"aegis-proxy held this {call.tool} call for human approval").rstrip(". ")
         message = (
             f"{held}. Approval id {approval.id}: a human can run `aegis approvals approve {approval.id}` "
             f"(or deny it) within {self.approval_timeout:g} s; once approved, the identical call is allowed once."
         )
         return GateOutcome(
-            "ask", decision, approval_id=approval.id, audit_seq=seq, message=message, request_id=request_id, ask_seq=seq
+            "ask",
+            decision,
+            approval_id=approval.id,
+            audit_seq=seq,
+            message=message,
+            request_id=judged.request_id,
+            ask_seq=seq,
         )
+
+    def _decision_entry(self, judged: _Judged) -> AppendEntry:
+        decision = judged.decision
+        return self._entry(
+            "decision",
+            decision.effect.value,
+            judged.call,
+            judged.context,
+            judged.request_id,
+            judged.started,
+            decision,
+            judged.arguments,
+        )
+
+    @staticmethod
+    def _ruled(judged: _Judged, seq: int) -> GateOutcome:
+        """The outcome of an allow or a deny whose record `seq` is durable."""
+        decision = judged.decision
+        if decision.effect is Effect.ALLOW:
+            return GateOutcome("allow", decision, audit_seq=seq, request_id=judged.request_id)
+        message = decision.message or f"aegis-proxy blocked this {judged.call.tool} call"
+        return GateOutcome("deny", decision, audit_seq=seq, message=message, request_id=judged.request_id)
 
     def _allow_approved(
         self,
@@ -426,6 +559,17 @@ class Gate:
         started = time.perf_counter()
         try:
             seq = self.writer.append_sync(entry, self.audit_timeout)
+        except BaseException as error:
+            self._notify("appended", time.perf_counter() - started, error)
+            raise
+        self._notify("appended", time.perf_counter() - started, None)
+        return seq
+
+    async def _write_async(self, entry: AppendEntry) -> int:
+        """`_write` for the event loop: the same durable record, awaited without blocking the loop."""
+        started = time.perf_counter()
+        try:
+            seq = await self.writer.append_async(entry, self.audit_timeout)
         except BaseException as error:
             self._notify("appended", time.perf_counter() - started, error)
             raise

@@ -1,18 +1,25 @@
 """Proxy overhead, measured in one run: the same requests go direct, through bare mitmproxy, and through aegis.
 
-    .venv/bin/python bench/proxy.py [--requests 400] [--audit-db URL]
+    .venv/bin/python bench/proxy.py [--requests 400] [--audit-db URL] [--compare DIR]
 
 Upstream: the scripted local LLM (aegis_proxy.demo.upstream), answering a chat completion that carries one tool
 call (`ls -la`, allowed by the default policy, so every aegis request runs the whole path: parse, check, a durable
-signed audit record, forward). Bare mitmproxy runs reverse mode to the same upstream with no addon of ours. Rounds
-interleave the three paths so that machine noise hits them alike. Prints p50/p99 latency, requests/s (one client,
-sequential) and the time to the first streamed text token, then aegis minus bare mitmproxy.
+signed audit record, forward). Bare mitmproxy runs reverse mode to the same upstream with no addon of ours, given
+what `aegis run` gives itself (SSE passed on as it arrives, lazy upstream connections, gc.freeze once running);
+aegis runs without its admin listener (`--admin off`), which bare mitmproxy has no counterpart of.
+Rounds interleave the paths so that machine noise hits them alike. Prints p50/p99 latency, requests/s (one client,
+sequential), the time to the first streamed text token (each stream read to its end, so connections stay open) and
+each proxy's CPU time per request (steadier than latency on a shared machine), then aegis minus bare mitmproxy.
+`--compare DIR` (repeatable) adds aegis run from another tree, e.g. the previous commit: a change's effect in one run.
+On a shared machine run it as `chrt -f 10 python bench/proxy.py ...` so that other jobs do not preempt it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import os
 import socket
 import statistics
 import subprocess
@@ -32,12 +39,48 @@ from bench.common import percentile
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "list the files in the workspace"}]}
 REPLY = Reply(text="Listing.", tool_calls=(("run_shell", {"cmd": "ls -la"}),))
+# Bare mitmproxy gets what `aegis run` gives itself and is not ours to measure, so that the comparison isolates the work
+# aegis adds: streamed (SSE) answers passed on as they arrive, as aegis passes text deltas (mitmproxy would otherwise
+# buffer the whole stream, and bare mitmproxy's time to first token would be the whole answer's); the loaded code moved
+# out of the collector's reach once running (gc.freeze, as runner.run does); lazy upstream connections (aegis picks
+# the upstream per request). Otherwise it is `mitmdump -q`.
+BARE_ADDON = """import gc
+
+
+class Bare:
+    def running(self):
+        gc.collect()
+        gc.freeze()
+
+    def responseheaders(self, flow):
+        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            flow.response.stream = True
+
+
+addons = [Bare()]
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    url: str
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None elsewhere. On a shared machine the CPU a proxy
+    spends per request is steadier than its latency, which also holds the time it waited for a core."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
-def process(command: list[str], port: int, cwd: str) -> Iterator[str]:
+def process(command: list[str], port: int, cwd: str, env: dict[str, str] | None = None) -> Iterator[Proxy]:
     """A proxy in its own process (mitmproxy keeps global state: two masters in one process interfere)."""
-    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -48,7 +91,7 @@ def process(command: list[str], port: int, cwd: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{command[0]} did not start listening")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield Proxy(f"http://127.0.0.1:{port}", proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -67,11 +110,16 @@ def timed_request(client: httpx.Client, url: str, llm: ScriptedLLM) -> float:
 def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM) -> float:
     llm.enqueue(Reply(text="Sure, here is the listing you asked for.", tool_calls=REPLY.tool_calls))
     started = time.perf_counter()
+    first: float | None = None
     with client.stream("POST", url, json={**BODY, "stream": True}) as response:
         for line in response.iter_lines():
-            if '"content": "Sure' in line or '"content":"Sure' in line:
-                return time.perf_counter() - started
-    raise SystemExit(f"no text token from {url}")
+            if first is None and ('"content": "Sure' in line or '"content":"Sure' in line):
+                first = time.perf_counter() - started
+        # Read to the end (the tool call is decided and audited after the text): the connection stays open for the
+        # next request, as with the other measurements, instead of every stream paying a new connection.
+    if first is None:
+        raise SystemExit(f"no text token from {url}")
+    return first
 
 
 def summarise(name: str, samples: list[float]) -> dict[str, float]:
@@ -88,16 +136,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400, help="requests per path (default 400)")
     parser.add_argument("--audit-db", help="audit log URL for aegis (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="also run aegis (audit.sync=normal) from the aegis_proxy package in DIR, e.g. a checkout of the previous "
+        "commit: before and after measured in one run (repeatable)",
+    )
     args = parser.parse_args()
 
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as data_dir, ScriptedLLM() as llm:
         bare_port, full_port, normal_port = free_port(), free_port(), free_port()
+        bare_addon = Path(data_dir) / "bare_addon.py"
+        bare_addon.write_text(BARE_ADDON)
         bare_cmd = [str(bin_dir / "mitmdump"), "-q", "--mode", f"reverse:{llm.url}", "-p", str(bare_port)]
+        bare_cmd += ["--set", "connection_strategy=lazy", "-s", str(bare_addon)]
 
-        def aegis_cmd(port: int, sync: str) -> list[str]:
+        def aegis_cmd(port: int, sync: str, name: str = "") -> list[str]:
             command = [str(bin_dir / "aegis"), "run", "--listen", f"127.0.0.1:{port}", "--route", f"openai={llm.url}"]
-            command += ["--data-dir", str(Path(data_dir) / sync), "--audit-sync", sync]
+            command += ["--data-dir", str(Path(data_dir) / (name or sync)), "--audit-sync", sync, "--admin", "off"]
             return command + (["--audit-db", args.audit_db] if args.audit_db else [])
 
         audit = args.audit_db or "SQLite (default)"
@@ -105,45 +164,66 @@ def main() -> None:
             process(bare_cmd, bare_port, data_dir) as bare,
             process(aegis_cmd(full_port, "full"), full_port, data_dir) as aegis_full,
             process(aegis_cmd(normal_port, "normal"), normal_port, data_dir) as aegis_normal,
+            contextlib.ExitStack() as stack,
             httpx.Client() as client,
         ):
             paths: dict[str, str] = {
                 "direct": f"{llm.url}/v1/chat/completions",
-                "mitmproxy": f"{bare}/v1/chat/completions",
-                "aegis (audit.sync=full)": f"{aegis_full}/openai/v1/chat/completions",
-                "aegis (audit.sync=normal)": f"{aegis_normal}/openai/v1/chat/completions",
+                "mitmproxy": f"{bare.url}/v1/chat/completions",
+                "aegis (audit.sync=full)": f"{aegis_full.url}/openai/v1/chat/completions",
+                "aegis (audit.sync=normal)": f"{aegis_normal.url}/openai/v1/chat/completions",
             }
+            pids = {"mitmproxy": bare.pid, "aegis (audit.sync=full)": aegis_full.pid}
+            pids["aegis (audit.sync=normal)"] = aegis_normal.pid
+            for n, tree in enumerate(args.compare):
+                other_port, name = free_port(), f"aegis @{Path(tree).name} (normal)"
+                env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+                other = stack.enter_context(
+                    process(aegis_cmd(other_port, "normal", f"compare{n}"), other_port, data_dir, env)
+                )
+                paths[name] = f"{other.url}/openai/v1/chat/completions"
+                pids[name] = other.pid
             measure: dict[str, Callable[[str], float]] = {
                 "latency": lambda url: timed_request(client, url, llm),
                 "ttft": lambda url: time_to_first_token(client, url, llm),
             }
             samples: dict[tuple[str, str], list[float]] = {(m, p): [] for m in measure for p in paths}
+            cpu_ms: dict[str, float | None] = dict.fromkeys(paths)
             for kind, run in measure.items():
                 for url in paths.values():  # warm up connections and caches
                     for _ in range(20):
                         run(url)
                 rounds = args.requests if kind == "latency" else max(50, args.requests // 4)
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 for _ in range(rounds):
                     for name, url in paths.items():
                         samples[(kind, name)].append(run(url))
+                if kind == "latency":
+                    for name, pid in pids.items():
+                        before, after = cpu_before[name], cpu_seconds(pid)
+                        if before is not None and after is not None:
+                            cpu_ms[name] = (after - before) * 1000 / rounds
 
     print(f"proxy overhead, {args.requests} requests per path, one sequential client, audit log: {audit}")
     width = max(len(name) for name in paths) + 2
-    print(f"{'path':<{width}}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'TTFT p50 ms':>14}")
+    print(f"{'path':<{width}}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'TTFT p50 ms':>14}{'CPU ms/req':>12}")
     table = {name: summarise(name, samples[("latency", name)]) for name in paths}
     ttft = {name: percentile([s * 1000 for s in samples[("ttft", name)]], 0.5) for name in paths}
     for name in paths:
-        row = table[name]
-        print(f"{name:<{width}}{row['p50']:>10.2f}{row['p99']:>10.2f}{row['rps']:>10.0f}{ttft[name]:>14.2f}")
+        row, cpu = table[name], cpu_ms[name]
+        shown = "-" if cpu is None else f"{cpu:.2f}"
+        print(f"{name:<{width}}{row['p50']:>10.2f}{row['p99']:>10.2f}{row['rps']:>10.0f}{ttft[name]:>14.2f}{shown:>12}")
     for name in paths:
         if not name.startswith("aegis"):
             continue
         added_p50 = table[name]["p50"] - table["mitmproxy"]["p50"]
         added_p99 = table[name]["p99"] - table["mitmproxy"]["p99"]
         added_ttft = ttft[name] - ttft["mitmproxy"]
+        cpu, bare_cpu = cpu_ms[name], cpu_ms["mitmproxy"]
+        added_cpu = "" if cpu is None or bare_cpu is None else f", CPU {cpu - bare_cpu:+.2f} ms/req"
         print(
             f"{name} adds over bare mitmproxy: p50 {added_p50:+.2f} ms (target <= 0.5), p99 {added_p99:+.2f} ms "
-            f"(target <= 2), time to first token {added_ttft:+.2f} ms"
+            f"(target <= 2), time to first token {added_ttft:+.2f} ms{added_cpu}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -96,6 +97,31 @@ def test_seqs_are_contiguous_and_the_chain_verifies(store: CountingStore) -> Non
         seqs = [writer.append_sync(entry(n)) for n in range(5)]
     assert seqs == [0, 1, 2, 3, 4]
     verify_chain(store, TRUSTED)
+
+
+def test_async_appends_are_durable_when_awaited_and_share_commits(store: CountingStore) -> None:
+    """append_async on an event loop: each awaited seq is already in the database; concurrent flows group-commit."""
+
+    async def flow(writer: AuditWriter, n: int) -> int:
+        seq = await writer.append_async(entry(n))
+        assert store.head()[0] >= seq  # committed before the await returned
+        return seq
+
+    async def main(writer: AuditWriter) -> list[int]:
+        return list(await asyncio.gather(*(flow(writer, n) for n in range(40))))
+
+    with AuditWriter(store) as writer:
+        seqs = asyncio.run(main(writer))
+    assert sorted(seqs) == list(range(40))
+    assert sum(store.batches) == 40 and len(store.batches) < 40
+    verify_chain(store, TRUSTED)
+
+
+def test_async_append_fails_like_sync(sqlite_store: CountingStore) -> None:
+    writer = AuditWriter(sqlite_store)
+    writer.close()
+    with pytest.raises(AuditError, match="closed"):
+        asyncio.run(writer.append_async(entry()))
 
 
 def test_concurrent_submitters_share_commits(store: CountingStore) -> None:
@@ -248,7 +274,8 @@ def test_full_queue_fails_fast(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_late_commit_times_out_and_the_queued_entry_is_withdrawn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_late_commit_times_out_and_the_queued_entry_is_withdrawn(tmp_path: Path, how: str) -> None:
     path = tmp_path / "audit.db"
     store = CountingStore(f"sqlite:///{path}", origin="test/late", signer_key=KEY, replica="r1")
     writer = AuditWriter(store, max_batch=1)
@@ -257,13 +284,45 @@ def test_a_late_commit_times_out_and_the_queued_entry_is_withdrawn(tmp_path: Pat
         first = writer.submit(entry(0))
         wait_running(first)
         with pytest.raises(AuditError, match=r"not committed within 0\.2 s"):
-            writer.append_sync(entry(1), timeout=0.2)
+            if how == "sync":
+                writer.append_sync(entry(1), timeout=0.2)
+            else:
+                asyncio.run(writer.append_async(entry(1), timeout=0.2))
     finally:
         held.release()
     assert first.result(30) == 0
     writer.close()
     assert store.head()[0] == 0  # the timed-out entry was still queued: withdrawn, never written
     store.close()
+
+
+def test_sqlite_wal_is_checkpointed_off_the_commit_path(tmp_path: Path) -> None:
+    """Records reach the database file through background PASSIVE checkpoints, long before SQLite's own checkpoint
+    (1,000 log pages) would copy them inside some append's commit."""
+    path = tmp_path / "audit.db"
+    store = CountingStore(f"sqlite:///{path}", origin="test/wal", signer_key=KEY, replica="r1")
+    writer = AuditWriter(store)
+    assert writer.wal is not None
+    writer.wal.every = 8
+    for n in range(40):  # about 450 log pages: below SQLite's own threshold
+        writer.append_sync(entry(n))
+    deadline = time.monotonic() + 30
+    while writer.wal.runs < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()
+    assert writer.wal.runs >= 5 and not writer.wal._thread.is_alive()
+    copy = tmp_path / "main-file-only.db"  # the database file without its log: only what was checkpointed
+    copy.write_bytes(path.read_bytes())
+    with sqlite3.connect(copy) as connection:
+        (checkpointed,) = connection.execute("SELECT count(*) FROM audit_records").fetchone()
+    assert checkpointed >= 32
+    verify_chain(store, TRUSTED)
+    store.close()
+
+
+def test_postgresql_has_no_wal_checkpointer(store: CountingStore) -> None:
+    with AuditWriter(store) as writer:
+        assert (writer.wal is None) == store.engine.url.get_backend_name().startswith("postgresql")
 
 
 def test_checkpoint_cadence_and_its_failures(sqlite_store: CountingStore) -> None:

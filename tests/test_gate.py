@@ -22,8 +22,8 @@ from aegis_proxy.audit.store import audit_arguments, audit_head, audit_records, 
 from aegis_proxy.config import AegisConfig, load_config, open_signing_key
 from aegis_proxy.decide import Evidence, Verdict
 from aegis_proxy.firewall import Firewall
-from aegis_proxy.gate import FAIL_CLOSED_RULE, Gate, GateOutcome, redact_arguments
-from aegis_proxy.models import CallContext, Finding, Severity, ToolCall
+from aegis_proxy.gate import FAIL_CLOSED_RULE, INLINE_MAX_CHARS, Gate, GateOutcome, redact_arguments
+from aegis_proxy.models import CallContext, Decision, Finding, Message, Role, Severity, ToolCall
 from tests.pg import PG_URL
 
 POLICY = """default allow
@@ -345,9 +345,52 @@ def test_record_failure_writes_a_deny(gate: Gate) -> None:
     assert TOKEN not in json.dumps(stored_arguments(gate, seq))
 
 
-def test_decide_async(gate: Gate) -> None:
-    outcome = asyncio.run(gate.decide_async(call("delete_file"), ctx(gate)))
-    assert outcome.effect == "deny" and outcome.audit_seq is not None
+class ThreadNotingFirewall(Firewall):
+    """The real firewall, noting the thread that judged each call (the event loop's own, or a worker's)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.threads: list[int] = []
+
+    def check(self, call: ToolCall, context: CallContext | None = None) -> Decision:
+        self.threads.append(threading.get_ident())
+        return super().check(call, context)
+
+
+def decide_on_a_loop(gate: Gate, the_call: ToolCall, context: CallContext) -> tuple[GateOutcome, int]:
+    """decide_async on a fresh event loop; the outcome and the loop's thread."""
+
+    async def run() -> tuple[GateOutcome, int]:
+        return await gate.decide_async(the_call, context, request_id="req-a"), threading.get_ident()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("size", "on_the_loop"),
+    [("small, wire size known", True), ("wire size unknown", False), ("long conversation", False)],
+)
+@pytest.mark.parametrize(("tool", "effect"), [("read_file", "allow"), ("delete_file", "deny"), ("write_file", "ask")])
+def test_decide_async_judges_small_calls_on_the_loop(
+    gate: Gate, config: AegisConfig, size: str, on_the_loop: bool, tool: str, effect: str
+) -> None:
+    """Small calls are judged on the event loop (no thread hand-off), others in a worker; either way the outcome is
+    decide's, and its record is durable when the outcome is returned."""
+    gate.firewall = ThreadNotingFirewall(decider=gate.firewall.decider)
+    the_call, context = call(tool), ctx(gate)
+    if size != "wire size unknown":
+        the_call = the_call.model_copy(update={"raw_size": len(json.dumps(the_call.arguments))})
+    if size == "long conversation":
+        long_text = "words " * (INLINE_MAX_CHARS // 6 + 1)
+        context = context.model_copy(update={"messages": (Message(role=Role.USER, content=long_text),)})
+    outcome, loop_thread = decide_on_a_loop(gate, the_call, context)
+    assert (gate.firewall.threads == [loop_thread]) is on_the_loop
+    assert (outcome.effect, outcome.cause) == (effect, "policy")
+    body = records(gate)[outcome.audit_seq]  # durable: a fresh read finds it
+    assert (body.type, body.decision, body.tool, body.request_id) == ("decision", effect, tool, "req-a")
+    if effect == "ask":
+        assert outcome.approval_id is not None and gate.approvals.get(outcome.approval_id).ask_seq == body.seq
+    verify(gate, config)
 
 
 # -- fail closed at every point ---------------------------------------------------------------------------------------
@@ -412,6 +455,30 @@ def test_approvals_database_down_denies(tmp_path: Path, monkeypatch: pytest.Monk
         assert (waited.effect, waited.cause) == ("deny", "error")
     finally:
         gate.close()
+
+
+@pytest.mark.parametrize("failure", ["firewall", "audit log", "approvals"])
+def test_decide_async_on_the_loop_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Gate.from_config(make_config(tmp_path)) as gate:  # SQLite only: the PostgreSQL tables are shared
+        tool = "write_file" if failure == "approvals" else "read_file"
+        the_call = call(tool).model_copy(update={"raw_size": 30})  # small: judged on the loop
+        if failure == "firewall":
+            gate.firewall = Firewall(decider=BrokenDecider())
+        elif failure == "audit log":
+            gate.writer.close()
+        else:
+            with gate.writer.store.engine.begin() as conn:
+                conn.execute(sa.text("DROP TABLE approvals"))
+        outcome, _ = decide_on_a_loop(gate, the_call, ctx(gate))
+        assert (outcome.effect, outcome.cause) == ("deny", "error")
+        assert outcome.decision.rules == (FAIL_CLOSED_RULE,)
+        if failure == "audit log":
+            assert outcome.audit_seq is None and "audit log" in outcome.message  # nothing to write it to
+            return
+        assert failure in outcome.decision.reasons[0]
+        body = records(gate)[outcome.audit_seq]  # the failure is on record
+        assert (body.decision, body.rules) == ("deny", (FAIL_CLOSED_RULE,))
 
 
 def test_outcome_audit_failure_denies_an_approved_call(gate: Gate) -> None:

@@ -42,6 +42,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -230,6 +231,22 @@ class KeyRotation:
 _READ_ONLY = "aegis_audit_read_only"  # execution option: this connection only reads
 _INSERT_RECORD = insert(audit_records)
 _INSERT_ARGUMENTS = insert(audit_arguments)
+# Built once: a statement built per call costs its cache key and compiled-cache lookup on every append (~0.5 ms).
+_LOCK_HEAD = (
+    select(audit_head.c.seq, audit_head.c.leaf_hash, audit_head.c.frontier, audit_head.c.retired_keys)
+    .where(audit_head.c.origin == bindparam("head_origin"))
+    .with_for_update()
+)
+_ADVANCE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.origin == bindparam("head_origin"))
+    .values(
+        seq=bindparam("new_seq"),
+        leaf_hash=bindparam("new_leaf"),
+        frontier=bindparam("new_frontier"),
+        retired_keys=bindparam("new_retired"),
+    )
+)
 _INDEXED = ("time", "type", "tool", "decision", "agent_id", "session_id")
 
 
@@ -401,11 +418,7 @@ class AuditStore:
     # writing
 
     def _lock_head(self, conn: Connection) -> _Head:
-        row = conn.execute(
-            select(audit_head.c.seq, audit_head.c.leaf_hash, audit_head.c.frontier, audit_head.c.retired_keys)
-            .where(audit_head.c.origin == self.origin)
-            .with_for_update()
-        ).one()
+        row = conn.execute(_LOCK_HEAD, {"head_origin": self.origin}).one()
         raw = column_bytes(row.frontier)
         if len(raw) % HASH_SIZE:
             raise AuditError(
@@ -425,9 +438,14 @@ class AuditStore:
 
     def _advance_head(self, conn: Connection, seq: int, leaf: bytes, frontier: MerkleFrontier, retired: str) -> None:
         conn.execute(
-            update(audit_head)
-            .where(audit_head.c.origin == self.origin)
-            .values(seq=seq, leaf_hash=leaf, frontier=b"".join(frontier.state()[1]), retired_keys=retired)
+            _ADVANCE_HEAD,
+            {
+                "head_origin": self.origin,
+                "new_seq": seq,
+                "new_leaf": leaf,
+                "new_frontier": b"".join(frontier.state()[1]),
+                "new_retired": retired,
+            },
         )
 
     def append(self, entries: Sequence[AppendEntry]) -> list[int]:

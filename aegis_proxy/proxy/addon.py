@@ -307,7 +307,8 @@ class AegisAddon:
     # -- deciding --------------------------------------------------------------------------------------------------
 
     async def ruling(self, flow: http.HTTPFlow, context: CallContext, call: ToolCall) -> Ruling:
-        """Decide one call off the event loop; hold an ask until a human answers or the timeout passes."""
+        """Decide one call without blocking the event loop (Gate.decide_async: small calls are judged on the loop,
+        their audit record awaited from the writer thread); hold an ask until a human answers or the timeout passes."""
         outcome = await self.gate.decide_async(call, context, request_id=flow.id)
         if outcome.effect == "ask":
             outcome = await self.gate.await_approval(outcome, self.approval_timeout)
