@@ -47,6 +47,51 @@ def test_upto_skips_later_layers_without_changing_earlier_ones(tiny: Path) -> No
     assert (partial[2] == 0).all()
 
 
+def _reference_states(backbone: Backbone, texts: list[str]) -> torch.Tensor:
+    """BERT written out the textbook way (separate query/key/value, softmax with a padding mask, every layer)."""
+    ids, mask = backbone.tokenize(texts)
+    w, cfg = backbone.weights, backbone.config
+    h, heads = cfg.hidden_size, cfg.num_heads
+    size = h // heads
+
+    def norm(t: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(t, (h,), w[name + ".weight"], w[name + ".bias"], cfg.layer_norm_eps)
+
+    def dense(t: torch.Tensor, name: str) -> torch.Tensor:
+        return t @ w[name + ".weight"].T + w[name + ".bias"]
+
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][: ids.shape[1]]
+    x = norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+    states = [x]
+    for n in range(cfg.num_layers):
+        p = f"encoder.layer.{n}."
+        q, k, v = (
+            dense(x, p + f"attention.self.{name}").view(*ids.shape, heads, size).transpose(1, 2)
+            for name in ("query", "key", "value")
+        )
+        scores = (q @ k.transpose(-1, -2)) / size**0.5
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(*ids.shape, h)
+        x = norm(dense(attended, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        up = torch.nn.functional.gelu(dense(x, p + "intermediate.dense"))
+        x = norm(dense(up, p + "output.dense") + x, p + "output.LayerNorm")
+        states.append(x)
+    return torch.stack(states)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["send email to the user"], ["send email to the user", "read a file", "do this now please"]],
+    ids=["one text, no padding", "padded batch"],
+)
+def test_the_fused_forward_matches_the_textbook_one(tiny: Path, texts: list[str]) -> None:
+    backbone = Backbone(str(tiny), device="cpu")
+    states, mask = backbone.hidden_states(texts)
+    expected = _reference_states(backbone, texts)
+    real = mask.bool()  # padding positions hold no meaning in either
+    assert torch.allclose(states[:, real], expected[:, real], atol=1e-5)
+
+
 def test_truncation_at_max_length(tiny: Path) -> None:
     backbone = Backbone(str(tiny), max_length=8, device="cpu")
     _, mask = backbone.hidden_states(["a " * 100])

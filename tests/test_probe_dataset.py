@@ -64,6 +64,29 @@ def test_attack_calls_follow_an_injection_and_benign_calls_come_clean_or_ignorin
             assert item["label"] == 0 and item["id"].endswith("/clean")
 
 
+def test_attacks_sit_at_the_positions_of_benign_calls_that_ignored_the_injection(
+    built: tuple[Path, dict[str, Any]],
+) -> None:
+    """How many outputs came after the injected one must not give the label away (it did when every attack came
+    right after it): per user task, attacks and ignoring benign calls occupy the same positions, equally often."""
+    positions: dict[tuple[str, int], dict[int, int]] = {}
+    for item in _items(built, "risk"):
+        if "injected_at" not in item:
+            assert item["label"] == 0 or not item["source"].startswith("agentdojo"), item["id"]
+            continue
+        after = sum(1 for m in item["messages"] if m["role"] == "tool") - 1 - item["injected_at"]
+        assert after >= 0, item["id"]
+        if item["label"] == 1 and not item["id"].endswith("/0"):
+            continue  # count each attack context once, not once per call of its injection task
+        counts = positions.setdefault((item["groups"][0], item["label"]), {})
+        counts[after] = counts.get(after, 0) + 1
+    attacked = {task for task, label in positions if label == 1}  # some sides have no injection task with calls
+    assert attacked
+    for task in attacked:
+        assert positions[(task, 1)] == positions.get((task, 0)), task
+    assert any(len(counts) > 1 for (_, label), counts in positions.items() if label == 1)
+
+
 def test_injection_spans_hold_the_injected_text(built: tuple[Path, dict[str, Any]]) -> None:
     fixture = json.loads(dataset.FIXTURE.read_text())
     goals = [t["goal"] for suite in fixture["suites"].values() for t in suite["injection_tasks"]]

@@ -12,7 +12,17 @@ import torch
 
 from aegis_proxy.probe.backbone import Backbone, make_random_bert
 from aegis_proxy.probe.errors import ProbeError
-from aegis_proxy.probe.head import Head, HeadSpec, backbone_section, candidate_specs, fit_logistic, load_head
+from aegis_proxy.probe.head import (
+    Head,
+    HeadSpec,
+    MLPSettings,
+    backbone_section,
+    candidate_specs,
+    fit_logistic,
+    fit_mlp,
+    load_head,
+    mlp_scores,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +68,99 @@ def test_logistic_head_learns_a_separable_rule_and_survives_a_round_trip(saved: 
     assert card["layers"] == [2] and card["pooling"] == ["mean"] and card["threshold"] == 0.5
     assert card["backbone"]["digest"] == backbone.digest
     assert head.max_layer == 2
+
+
+def _xor_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rule no linear head can learn (the sign of a product), on layer 2's mean; 8 informative-or-noise features."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(600, 3, 2, 32, generator=generator)
+    x[..., 8:] = 0.0  # constant features: standardised to zero, so 600 examples are enough for the fit
+    y = ((x[:, 2, 0, 0] * x[:, 2, 0, 1]) > 0).float()
+    return x, y
+
+
+@pytest.fixture
+def saved_mlp(backbone: Backbone, tmp_path: Path) -> Path:
+    x, y = _xor_data(0)
+    spec = HeadSpec((2,), ("mean",))
+    settings = MLPSettings(hidden=16, input_dropout=0.0, epochs=40, learning_rate=1e-2)
+    t = fit_mlp(spec.select(x), y, settings)
+    card = {"backbone": backbone_section(backbone), "model": settings.card()}
+    head = Head(
+        "injection",
+        spec,
+        t["mean"],
+        t["scale"],
+        t["weight"],
+        t["bias"],
+        0.5,
+        card,
+        hidden_weight=t["hidden_weight"],
+        hidden_bias=t["hidden_bias"],
+    )
+    head.save(tmp_path)
+    return tmp_path
+
+
+def test_mlp_head_learns_what_logistic_regression_cannot_and_survives_a_round_trip(
+    saved_mlp: Path, backbone: Backbone
+) -> None:
+    x, y = _xor_data(1)
+    spec = HeadSpec((2,), ("mean",))
+    mean, scale, weight, bias = fit_logistic(spec.select(_xor_data(0)[0]), _xor_data(0)[1], 1e-3)
+    linear = torch.sigmoid(((spec.select(x) - mean) / scale) @ weight + bias)
+    head = _load(saved_mlp, backbone)
+    assert head.kind == "mlp" and head.hidden_weight.shape == (16, 32)
+    mlp_accuracy = float(((head.score(x) > 0.5).float() == y).float().mean())
+    linear_accuracy = float(((linear > 0.5).float() == y).float().mean())
+    assert mlp_accuracy > 0.85 > 0.65 > linear_accuracy
+
+
+def test_mlp_training_is_deterministic_and_scores_match_the_loaded_head(saved_mlp: Path, backbone: Backbone) -> None:
+    x, y = _xor_data(0)
+    spec = HeadSpec((2,), ("mean",))
+    settings = MLPSettings(hidden=16, input_dropout=0.0, epochs=40, learning_rate=1e-2)
+    again = fit_mlp(spec.select(x), y, settings)
+    head = _load(saved_mlp, backbone)
+    assert torch.equal(again["hidden_weight"], head.hidden_weight)
+    assert torch.allclose(mlp_scores(again, spec.select(x)), head.score(x))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: {k: v for k, v in t.items() if k != "hidden_weight"}, "tensor 'hidden_weight' should have shape"),
+        (lambda t: {**t, "hidden_weight": t["hidden_weight"][:8]}, "tensor 'hidden_weight' should have shape"),
+        (lambda t: {**t, "weight": torch.zeros(32)}, "tensor 'weight' should have shape"),
+        (lambda t: {**t, "extra": torch.zeros(1)}, r"tensors \['extra'\] do not belong"),
+    ],
+)
+def test_malformed_mlp_tensors_are_refused(saved_mlp: Path, backbone: Backbone, edit: Any, message: str) -> None:
+    _replace_tensors(saved_mlp, edit(_good(saved_mlp)))
+    with pytest.raises(ProbeError, match=message):
+        _load(saved_mlp, backbone)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"kind": "forest"}, "model kind 'forest'"),
+        ({"kind": "mlp", "hidden": 0}, "model.hidden 0"),
+        ({"kind": "mlp", "hidden": "16"}, "model.hidden '16'"),
+    ],
+)
+def test_malformed_model_sections_are_refused(
+    saved_mlp: Path, backbone: Backbone, model: dict[str, Any], message: str
+) -> None:
+    _rewrite_card(saved_mlp, {"model": model})
+    with pytest.raises(ProbeError, match=message):
+        _load(saved_mlp, backbone)
+
+
+def test_a_logistic_card_over_mlp_tensors_is_refused(saved_mlp: Path, backbone: Backbone) -> None:
+    _rewrite_card(saved_mlp, {"model": {"kind": "logistic_regression"}})
+    with pytest.raises(ProbeError, match=r"tensors \['hidden_bias', 'hidden_weight'\] do not belong to a logistic"):
+        _load(saved_mlp, backbone)
 
 
 def test_one_class_training_data_is_refused() -> None:

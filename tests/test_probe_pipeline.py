@@ -9,7 +9,7 @@ import pytest
 
 from aegis_proxy.cli import main
 from aegis_proxy.probe.head import load_head
-from aegis_proxy.probe.pipeline import README_BEGIN, README_END, results_table, write_readme
+from aegis_proxy.probe.pipeline import COST_TOLERANCE, README_BEGIN, README_END, results_table, write_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,13 @@ def test_train_writes_both_heads_with_cards_naming_backbone_data_and_validation(
         assert 0.0 <= card["selection"]["validation_auroc"] <= 1.0
         assert 0.0 <= head.threshold <= 1.0
         assert set(card["metrics"]["validation"]) >= {"auroc", "auprc", "fpr_at_95tpr", "ece"}
+        # Both models were validated on the same features; the MLP is kept only when clearly better.
+        models = card["selection"]["models"]
+        assert set(models) == {"logistic_regression", "mlp"}
+        better = models["mlp"] > models["logistic_regression"] + COST_TOLERANCE
+        assert card["model"]["kind"] == ("mlp" if better else "logistic_regression")
+        assert head.kind == card["model"]["kind"]
+    assert load_head(trained["heads"], "risk").input == "render_call/2"  # the call and the request, no data
     assert any(trained["cache"].iterdir()), "hidden states are cached on disk"
 
 

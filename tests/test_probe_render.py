@@ -8,7 +8,7 @@ import pytest
 
 from aegis_proxy.models import CallContext, Message, Role, ToolCall
 from aegis_proxy.probe import render
-from aegis_proxy.probe.render import overlap, render_call, render_for_call, segments
+from aegis_proxy.probe.render import overlap, render_call, render_data, render_for_call, render_request, segments
 
 
 @pytest.mark.parametrize(
@@ -65,6 +65,15 @@ def test_render_call_puts_the_call_first_then_the_request_then_data() -> None:
     assert lines[0] == 'call: send_email({"to": ["a@b.example"]})'
     assert lines[1] == "user: Mail Bob"
     assert lines[2:] == ["data: newest output", "data: older output"]
+
+
+@pytest.mark.parametrize("data", [(), ("newest output",), ("newest output", "older\n  output")])
+def test_render_call_is_the_request_then_the_data_lines(data: tuple[str, ...]) -> None:
+    """render_call/2 (what current risk heads read) is render_call/1 without its data lines, byte for byte."""
+    request = render_request("send_email", {"to": ["a@b.example"]}, "Mail   Bob")
+    assert request == 'call: send_email({"to": ["a@b.example"]})\nuser: Mail Bob'
+    assert render_call("send_email", {"to": ["a@b.example"]}, "Mail   Bob", data) == request + render_data(data)
+    assert render_data(data).count("\ndata: ") == len(data)
 
 
 def test_render_call_bounds_every_part() -> None:

@@ -311,6 +311,7 @@ class Backbone:
         self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         weights = _encoder_weights(_load_tensors(files), self.config, self.path)
         self.weights = {name: t.to(device=self.device, dtype=self.dtype) for name, t in weights.items()}
+        self._layers = [_EncoderLayer.of(self.weights, n) for n in range(self.config.num_layers)]
         self.tokenizer = _tokenizer(self.path, max_length, self.config.pad_token_id)
 
     @property
@@ -341,6 +342,8 @@ class Backbone:
         """Hidden states after the embeddings and after each layer, (layers+1, B, T, H) float32, and the mask (B, T).
 
         With `upto`, layers after it are not run (a head that reads layer 3 pays for 3 layers); their rows are zeros.
+        Texts are padded to the longest of the batch only (never to max_length), and a batch without padding (every
+        batch of one) runs attention without a mask, which lets scaled_dot_product_attention take its fastest kernel.
         """
         torch = require_torch()
         functional = torch.nn.functional
@@ -352,61 +355,78 @@ class Backbone:
         cfg = self.config
         hidden = cfg.hidden_size
         heads = cfg.num_heads
+        eps = cfg.layer_norm_eps
+        batch, tokens = ids.shape
+        last_layer = cfg.num_layers if upto is None else max(0, min(upto, cfg.num_layers))
         with torch.inference_mode():
-            positions = torch.arange(ids.shape[1], device=self.device)
             x = (
                 w["embeddings.word_embeddings.weight"][ids]
-                + w["embeddings.position_embeddings.weight"][positions][None]
+                + w["embeddings.position_embeddings.weight"][:tokens][None]
                 + w["embeddings.token_type_embeddings.weight"][0][None, None]
             )
             x = functional.layer_norm(
-                x, (hidden,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.layer_norm_eps
+                x, (hidden,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps
             )
-            states = [x]
-            batch, tokens = ids.shape
-            bias = torch.zeros(batch, 1, 1, tokens, device=self.device, dtype=self.dtype)
-            bias = bias.masked_fill(mask[:, None, None, :] == 0, torch.finfo(self.dtype).min)
-            last_layer = cfg.num_layers if upto is None else max(0, min(upto, cfg.num_layers))
-            for n in range(last_layer):
-                p = f"encoder.layer.{n}."
-
-                def split(t: torch.Tensor) -> torch.Tensor:
-                    return t.view(batch, tokens, heads, hidden // heads).transpose(1, 2)
-
-                q = split(
-                    functional.linear(x, w[p + "attention.self.query.weight"], w[p + "attention.self.query.bias"])
-                )
-                k = split(functional.linear(x, w[p + "attention.self.key.weight"], w[p + "attention.self.key.bias"]))
-                v = split(
-                    functional.linear(x, w[p + "attention.self.value.weight"], w[p + "attention.self.value.bias"])
-                )
+            # One buffer for every layer's output instead of a list stacked at the end (a copy of all of them).
+            states = torch.zeros(cfg.num_layers + 1, batch, tokens, hidden, device=self.device, dtype=self.dtype)
+            states[0] = x
+            bias = None
+            if not bool(mask.all()):
+                bias = torch.zeros(batch, 1, 1, tokens, device=self.device, dtype=self.dtype)
+                bias = bias.masked_fill(mask[:, None, None, :] == 0, torch.finfo(self.dtype).min)
+            for n, layer in enumerate(self._layers[:last_layer]):
+                # Query, key and value in one matmul (their weights concatenated at load): one larger GEMM is
+                # cheaper on a CPU than three small ones.
+                qkv = functional.linear(x, layer.qkv_weight, layer.qkv_bias)
+                q, k, v = qkv.view(batch, tokens, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
                 attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
                 attended = attended.transpose(1, 2).reshape(batch, tokens, hidden)
-                a = functional.linear(
-                    attended, w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"]
-                )
-                x = functional.layer_norm(
-                    a + x,
-                    (hidden,),
-                    w[p + "attention.output.LayerNorm.weight"],
-                    w[p + "attention.output.LayerNorm.bias"],
-                    cfg.layer_norm_eps,
-                )
-                m = functional.gelu(
-                    functional.linear(x, w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"])
-                )
-                m = functional.linear(m, w[p + "output.dense.weight"], w[p + "output.dense.bias"])
-                x = functional.layer_norm(
-                    m + x,
-                    (hidden,),
-                    w[p + "output.LayerNorm.weight"],
-                    w[p + "output.LayerNorm.bias"],
-                    cfg.layer_norm_eps,
-                )
-                states.append(x)
-            states.extend(torch.zeros_like(x) for _ in range(cfg.num_layers - last_layer))
-            stacked = torch.stack(states).float()
+                a = functional.linear(attended, layer.out_weight, layer.out_bias)
+                x = functional.layer_norm(a + x, (hidden,), layer.norm1_weight, layer.norm1_bias, eps)
+                m = functional.gelu(functional.linear(x, layer.up_weight, layer.up_bias))
+                m = functional.linear(m, layer.down_weight, layer.down_bias)
+                x = functional.layer_norm(m + x, (hidden,), layer.norm2_weight, layer.norm2_bias, eps)
+                states[n + 1] = x
+            stacked = states.float()
         return stacked, mask
+
+
+@dataclass(frozen=True)
+class _EncoderLayer:
+    """One encoder layer's weights, prepared for the forward pass (query, key and value concatenated)."""
+
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor
+    norm1_weight: torch.Tensor
+    norm1_bias: torch.Tensor
+    up_weight: torch.Tensor
+    up_bias: torch.Tensor
+    down_weight: torch.Tensor
+    down_bias: torch.Tensor
+    norm2_weight: torch.Tensor
+    norm2_bias: torch.Tensor
+
+    @classmethod
+    def of(cls, w: dict[str, torch.Tensor], n: int) -> _EncoderLayer:
+        torch = require_torch()
+        p = f"encoder.layer.{n}."
+        names = ("query", "key", "value")
+        return cls(
+            qkv_weight=torch.cat([w[f"{p}attention.self.{name}.weight"] for name in names]).contiguous(),
+            qkv_bias=torch.cat([w[f"{p}attention.self.{name}.bias"] for name in names]).contiguous(),
+            out_weight=w[p + "attention.output.dense.weight"],
+            out_bias=w[p + "attention.output.dense.bias"],
+            norm1_weight=w[p + "attention.output.LayerNorm.weight"],
+            norm1_bias=w[p + "attention.output.LayerNorm.bias"],
+            up_weight=w[p + "intermediate.dense.weight"],
+            up_bias=w[p + "intermediate.dense.bias"],
+            down_weight=w[p + "output.dense.weight"],
+            down_bias=w[p + "output.dense.bias"],
+            norm2_weight=w[p + "output.LayerNorm.weight"],
+            norm2_bias=w[p + "output.LayerNorm.bias"],
+        )
 
 
 class Model(Protocol):

@@ -10,9 +10,12 @@ Sources (all offline):
 - The engine's corpora (tests/corpus/attacks.jsonl, benign.jsonl).
 
 Call-risk items: benign = a user task's ground-truth call after the earlier steps' outputs, with the outputs clean or
-carrying an injection the agent ignored; attack = an injection task's call after the outputs up to the first one that
-carries the injection. Injection items are whole untrusted messages with the character spans of the injected text;
-segments and their labels are derived from them at load time (render.segments), so build and runtime cut alike.
+carrying an injection the agent ignored; attack = an injection task's call after the output that carries the
+injection, right after it or after more of the user task's steps: at the same positions as the benign calls that
+ignored the injection, as many at each, so that "how recent is the injected output" does not tell the labels apart (it
+did, AUROC 0.78 on its own, when every attack came right after it). Items with an injection name the step whose output
+carries it (`injected_at`). Injection items are whole untrusted messages with the character spans of the injected
+text; segments and their labels are derived from them at load time (render.segments), so build and runtime cut alike.
 
 Splits are disjoint by task: every item names its groups (user task, injection task, template, corpus technique); an
 item is `test` when all its groups are test groups, `train` when all are train groups, and left out otherwise.
@@ -189,7 +192,37 @@ def _first_vector(output: str) -> str | None:
     return output.split("@@INJ:", 1)[1].split("@@", 1)[0]
 
 
-def _agentdojo(built: Built, rng: random.Random, templates: dict[str, str], variants: int) -> None:
+def _attacks(
+    built: Built,
+    task: dict[str, Any],
+    messages: list[dict[str, str]],
+    where: str,
+    template: str,
+    injected_at: int,
+) -> None:
+    """One attack item per call of the injection task, all in the same context (the agent hijacked at that point).
+    `where` is "<suite>/<user task>/step<k>/<variant>"."""
+    suite, u_task = where.split("/")[:2]
+    u_group = f"{suite}/{u_task}"
+    for number, call in enumerate(task["calls"]):
+        built.risk.append(
+            {
+                "id": f"{where}/{task['id']}/{template}/{number}",
+                "tool": call["function"],
+                "arguments": call["args"],
+                "messages": messages,
+                "label": 1,
+                "source": f"agentdojo/{suite}",
+                "groups": [u_group, f"{suite}/{task['id']}"],
+                "template": template,
+                "injected_at": injected_at,
+            }
+        )
+
+
+def _agentdojo(
+    built: Built, rng: random.Random, attack_rng: random.Random, templates: dict[str, str], variants: int
+) -> None:
     fixture = load_json_file(FIXTURE, "AgentDojo fixture")
     suites = fixture.get("suites") if isinstance(fixture, dict) else None
     if not isinstance(suites, dict):
@@ -244,28 +277,28 @@ def _agentdojo(built: Built, rng: random.Random, templates: dict[str, str], vari
                                 "messages": context(index, first_vec, injection),
                                 "groups": [u_group, f"{suite}/{task['id']}"],
                                 "template": template,
+                                "injected_at": first_vec,
                             }
                         )
-            # Attacks: the injection task's calls right after the output that carried the injection.
+            # Attacks: the injection task's calls once the agent has read the output that carried the injection,
+            # at exactly the positions of the benign calls that ignored it, as many variants at each: right after the
+            # injected output or after more of the user task's steps. The distance from the injected output is then
+            # no label. A user task whose injection sits in its last step's output has no benign call after it, so
+            # it gives no attack either (attacks there would all come right after the injection: the confound).
             if first_vec is not None and attack_tasks:
-                for variant in range(variants):
-                    task = rng.choice(attack_tasks)
-                    template = rng.choice(sided)
-                    injection = render_injection(template, templates[template], task["goal"])
-                    messages = context(first_vec + 1, first_vec, injection)
-                    for number, call in enumerate(task["calls"]):
-                        built.risk.append(
-                            {
-                                "id": f"{u_group}/{task['id']}/{template}/{variant}/{number}",
-                                "tool": call["function"],
-                                "arguments": call["args"],
-                                "messages": messages,
-                                "label": 1,
-                                "source": f"agentdojo/{suite}",
-                                "groups": [u_group, f"{suite}/{task['id']}"],
-                                "template": template,
-                            }
-                        )
+                # Attacks draw from their own generator. The shared one still makes the draws the first builder
+                # made here, so that every other item (benign calls, injection messages) stays byte-identical to
+                # the build before this fix: the injection head's data, and so its head, did not change with it.
+                for _ in range(variants):
+                    rng.choice(attack_tasks)
+                    rng.choice(sided)
+                for index in range(first_vec + 1, len(steps)):
+                    for variant in range(variants // 2):
+                        task = attack_rng.choice(attack_tasks)
+                        template = attack_rng.choice(sided)
+                        injection = render_injection(template, templates[template], task["goal"])
+                        messages = context(index, first_vec, injection)
+                        _attacks(built, task, messages, f"{u_group}/step{index}/{variant}", template, first_vec)
             # Injection messages: each output that has a vector, clean and with injections.
             for index, step in enumerate(steps):
                 vector = _first_vector(step["output"])
@@ -365,7 +398,7 @@ def build(out: Path, *, corpus_dir: Path = CORPUS_DIR, seed: int = 13, variants:
     rng = random.Random(seed)
     built = Built()
     templates = all_templates()
-    _agentdojo(built, rng, templates, variants)
+    _agentdojo(built, rng, random.Random(f"{seed}/attacks"), templates, variants)
     _corpus(built, corpus_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {

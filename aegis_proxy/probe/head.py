@@ -1,9 +1,11 @@
-"""Probe heads: logistic regression on chosen layers and poolings, saved as safetensors beside a JSON card.
+"""Probe heads: logistic regression or a one-hidden-layer MLP on chosen layers and poolings, saved as safetensors
+beside a JSON card.
 
-A head is two files in a directory: `<name>.safetensors` (tensors `mean`, `scale`, `weight`, `bias`) and
-`<name>.json`, its card: format, backbone (name, weight digest, sizes, max length), layers, pooling, threshold, the
-training data manifest, metrics, and the SHA-256 of the tensor file. Loading checks all of it; any mismatch is a
-ProbeError with a hint, never a crash and never a head that silently scores something else.
+A head is two files in a directory: `<name>.safetensors` (tensors `mean`, `scale`, `weight`, `bias`, and for an MLP
+`hidden_weight`, `hidden_bias`) and `<name>.json`, its card: format, input, model kind, backbone (name, weight digest,
+sizes, max length), layers, pooling, threshold, the training data manifest, metrics, and the SHA-256 of the tensor
+file. Loading checks all of it; any mismatch is a ProbeError with a hint, never a crash and never a head that
+silently scores something else.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ if TYPE_CHECKING:
 
 CARD_FORMAT = "aegis-probe-head/1"
 HEADS = ("risk", "injection")
-INPUTS = {"risk": "render_call/1", "injection": "segments/1"}
+INPUTS = {"risk": "render_call/2", "injection": "segments/1"}  # what `train` writes
+# What `load_head` accepts: risk heads trained before the data-set fix read the call with its untrusted data.
+ACCEPTED_INPUTS = {"risk": ("render_call/1", "render_call/2"), "injection": ("segments/1",)}
+MODEL_KINDS = ("logistic_regression", "mlp")
+MLP_HIDDEN = 64
+MAX_MLP_HIDDEN = 4096
 MAX_CARD_BYTES = 1 << 20
 MAX_DENSE_LAYERS = 12  # up to this many layers, every layer and every prefix is a candidate
 
@@ -59,8 +66,8 @@ def fit_logistic(
     if positives == 0 or negatives == 0:
         raise ProbeError("training data has only one class", hint="rebuild the data set; both labels are needed")
     sample_weight = torch.where(y > 0.5, len(y) / (2 * positives), len(y) / (2 * negatives))
-    weight = torch.zeros(z.shape[1], requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
+    weight = torch.zeros(z.shape[1], dtype=z.dtype, requires_grad=True)
+    bias = torch.zeros(1, dtype=z.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -76,6 +83,88 @@ def fit_logistic(
     return mean, scale, weight.detach(), bias.detach()
 
 
+@dataclass(frozen=True)
+class MLPSettings:
+    hidden: int = MLP_HIDDEN
+    input_dropout: float = 0.2  # features are thousands of correlated activations: dropout keeps the fit honest
+    weight_decay: float = 1e-2
+    epochs: int = 60
+    batch: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "kind": "mlp",
+            "hidden": self.hidden,
+            "activation": "gelu",
+            "input_dropout": self.input_dropout,
+            "weight_decay": self.weight_decay,
+            "epochs": self.epochs,
+            "batch": self.batch,
+            "learning_rate": self.learning_rate,
+            "seed": self.seed,
+            "standardised": True,
+            "class_balanced": True,
+        }
+
+
+DEFAULT_MLP = MLPSettings()
+
+
+def fit_mlp(x: torch.Tensor, y: torch.Tensor, settings: MLPSettings = DEFAULT_MLP) -> dict[str, torch.Tensor]:
+    """Standardise, then fit a class-balanced MLP (input dropout, one GELU hidden layer) with AdamW; deterministic for
+    a given seed. Returns the tensors a head saves: mean, scale, hidden_weight, hidden_bias, weight, bias."""
+    torch = require_torch()
+    mean = x.mean(0)
+    scale = x.std(0).clamp(min=1e-4)
+    z = (x - mean) / scale
+    positives = float(y.sum())
+    negatives = float(len(y) - positives)
+    if positives == 0 or negatives == 0:
+        raise ProbeError("training data has only one class", hint="rebuild the data set; both labels are needed")
+    sample_weight = torch.where(y > 0.5, len(y) / (2 * positives), len(y) / (2 * negatives))
+    generator = torch.Generator().manual_seed(settings.seed)
+    hidden = torch.nn.Linear(z.shape[1], settings.hidden)
+    out = torch.nn.Linear(settings.hidden, 1)
+    with torch.no_grad():  # initialised from our generator, not the global one: the same data gives the same head
+        for layer in (hidden, out):
+            bound = 1 / layer.in_features**0.5
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+    parameters = [*hidden.parameters(), *out.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    functional = torch.nn.functional
+    with torch.enable_grad():
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(y), generator=generator)
+            for start in range(0, len(y), settings.batch):
+                rows = order[start : start + settings.batch]
+                keep = torch.rand(len(rows), z.shape[1], generator=generator) >= settings.input_dropout
+                inputs = z[rows] * keep / (1 - settings.input_dropout)
+                logits = out(functional.gelu(hidden(inputs))).squeeze(1)
+                loss = functional.binary_cross_entropy_with_logits(logits, y[rows], weight=sample_weight[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return {
+        "mean": mean,
+        "scale": scale,
+        "hidden_weight": hidden.weight.detach().clone(),
+        "hidden_bias": hidden.bias.detach().clone(),
+        "weight": out.weight.detach()[0].clone(),
+        "bias": out.bias.detach().clone(),
+    }
+
+
+def mlp_scores(tensors: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    """Probabilities of `fit_mlp`'s tensors on (N, D) features (what `Head.score` computes for an MLP head)."""
+    torch = require_torch()
+    z = (features - tensors["mean"]) / tensors["scale"]
+    hidden = torch.nn.functional.gelu(z @ tensors["hidden_weight"].T + tensors["hidden_bias"])
+    return torch.sigmoid(hidden @ tensors["weight"] + tensors["bias"])
+
+
 @dataclass
 class Head:
     name: str
@@ -86,11 +175,24 @@ class Head:
     bias: Any
     threshold: float
     card: dict[str, Any] = field(default_factory=dict)
+    hidden_weight: Any = None  # an MLP's hidden layer (hidden, D) and its bias; None for logistic regression
+    hidden_bias: Any = None
+    input: str = ""  # what text the head reads (INPUTS); "" = the current one for its name
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            self.input = INPUTS[self.name]
+
+    @property
+    def kind(self) -> str:
+        return "logistic_regression" if self.hidden_weight is None else "mlp"
 
     def score(self, pooled: torch.Tensor) -> torch.Tensor:
         """Probabilities (N,) for pooled features (N, layers+1, 2, H)."""
         torch = require_torch()
         z = (self.spec.select(pooled) - self.mean) / self.scale
+        if self.hidden_weight is not None:
+            z = torch.nn.functional.gelu(z @ self.hidden_weight.T + self.hidden_bias)
         return torch.sigmoid(z @ self.weight + self.bias)
 
     @property
@@ -103,12 +205,14 @@ class Head:
         directory.mkdir(parents=True, exist_ok=True)
         tensors_path = directory / f"{self.name}.safetensors"
         tensors = {"mean": self.mean, "scale": self.scale, "weight": self.weight, "bias": self.bias.reshape(1)}
+        if self.hidden_weight is not None:
+            tensors |= {"hidden_weight": self.hidden_weight, "hidden_bias": self.hidden_bias}
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tensors_path))
         card = {
             **self.card,
             "format": CARD_FORMAT,
             "head": self.name,
-            "input": INPUTS[self.name],
+            "input": self.input,
             "layers": list(self.spec.layers),
             "pooling": list(self.spec.pooling),
             "threshold": self.threshold,
@@ -173,8 +277,12 @@ def load_head(
     card = read_card(card_path)
     if card.get("head") != name:
         raise _bad(card_path, f"it describes head {card.get('head')!r}, not {name!r}")
-    if card.get("input") != INPUTS[name]:
-        raise _bad(card_path, f"input {card.get('input')!r} is not {INPUTS[name]!r}")
+    if card.get("input") not in ACCEPTED_INPUTS[name]:
+        raise _bad(card_path, f"input {card.get('input')!r} is not one of {', '.join(ACCEPTED_INPUTS[name])}")
+    model = card.get("model", {"kind": "logistic_regression"})
+    kind = model.get("kind") if isinstance(model, dict) else None
+    if kind not in MODEL_KINDS:
+        raise _bad(card_path, f"model kind {kind!r} is not one of {', '.join(MODEL_KINDS)}")
     backbone = card.get("backbone")
     if not isinstance(backbone, dict):
         raise _bad(card_path, "no backbone section")
@@ -221,6 +329,14 @@ def load_head(
         raise _bad(card_path, "backbone.hidden_size is missing")
     width = len(layers) * len(pooling) * hidden
     expected = {"mean": (width,), "scale": (width,), "weight": (width,), "bias": (1,)}
+    if kind == "mlp":
+        units = model.get("hidden")
+        if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= MAX_MLP_HIDDEN:
+            raise _bad(card_path, f"model.hidden {units!r} is not a layer width in 1..{MAX_MLP_HIDDEN}")
+        expected |= {"hidden_weight": (units, width), "hidden_bias": (units,), "weight": (units,)}
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise _bad(card_path, f"tensors {unexpected} do not belong to a {kind} head")
     for key, shape in expected.items():
         tensor = tensors.get(key)
         if tensor is None or tuple(tensor.shape) != shape or not tensor.is_floating_point():
@@ -239,6 +355,9 @@ def load_head(
         bias=tensors["bias"].float()[0],
         threshold=float(threshold),
         card=card,
+        hidden_weight=tensors["hidden_weight"].float() if kind == "mlp" else None,
+        hidden_bias=tensors["hidden_bias"].float() if kind == "mlp" else None,
+        input=card["input"],
     )
 
 

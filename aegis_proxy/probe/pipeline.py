@@ -1,10 +1,12 @@
 """`aegis probe train` and `aegis probe eval`: fit heads on the train split, measure them on the held-out split.
 
 Training picks layers and pooling by grouped cross-validation on the train split only (3 folds by user task /
-corpus technique), then the L2 strength, then fits on the whole train split; the threshold is the validation score
-that flags 95% of the positives. Evaluation reports AUROC, AUPRC, FPR at 95% TPR and calibration error on the test
-split, always beside two baselines fitted on the same train split: a classifier that sees only the tool name, and the
-scanners alone (the firewall's own risk for a call; the injection scanner's span score for a segment).
+corpus technique), then the L2 strength, then the model: logistic regression, or a small MLP on the same features
+when its validation AUROC is higher by more than COST_TOLERANCE (the simpler model otherwise, as with layers). It
+then fits on the whole train split; the threshold is the validation score that flags 95% of the positives.
+Evaluation reports AUROC, AUPRC, FPR at 95% TPR and calibration error on the test split, always beside two baselines
+fitted on the same train split: a classifier that sees only the tool name, and the scanners alone (the firewall's
+own risk for a call; the injection scanner's span score for a segment).
 """
 
 from __future__ import annotations
@@ -22,16 +24,21 @@ from aegis_proxy.probe.backbone import Model, open_model, require_torch, set_thr
 from aegis_proxy.probe.errors import ProbeError
 from aegis_proxy.probe.features import DEFAULT_CACHE_DIR, FeatureCache
 from aegis_proxy.probe.head import (
+    DEFAULT_MLP,
     HEADS,
+    INPUTS,
     Head,
     HeadSpec,
+    MLPSettings,
     backbone_section,
     candidate_specs,
     fit_logistic,
+    fit_mlp,
     load_head,
+    mlp_scores,
 )
 from aegis_proxy.probe.metrics import auroc, summary, threshold_at_tpr
-from aegis_proxy.probe.render import overlap, render_call, segments
+from aegis_proxy.probe.render import overlap, render_call, render_request, segments
 
 FOLDS = 3
 L2_GRID = (1e-3, 1e-2, 1e-1)
@@ -86,7 +93,7 @@ def _scanner_risk(item: dict[str, Any]) -> float:
     return float(firewall.check(call, context).risk)
 
 
-def risk_examples(items: list[dict[str, Any]], split: str) -> list[Example]:
+def risk_examples(items: list[dict[str, Any]], split: str, head_input: str = INPUTS["risk"]) -> list[Example]:
     out = []
     for item in items:
         if item["split"] != split:
@@ -94,7 +101,9 @@ def risk_examples(items: list[dict[str, Any]], split: str) -> list[Example]:
         request, data = _messages_text(item)
         out.append(
             Example(
-                text=render_call(item["tool"], item["arguments"], request, data),
+                text=render_call(item["tool"], item["arguments"], request, data)
+                if head_input == "render_call/1"  # a head trained before the data-set fix
+                else render_request(item["tool"], item["arguments"], request),
                 label=int(item["label"]),
                 group=item["groups"][0],
                 tool=item["tool"],
@@ -162,8 +171,10 @@ def _labels(examples: list[Example]) -> Any:
     return torch.tensor([float(e.label) for e in examples])
 
 
-def _oof_scores(x: Any, y: Any, groups: list[str], spec: HeadSpec | None, l2: float) -> Any:
-    """Out-of-fold validation scores over FOLDS group folds of the train split."""
+def _oof_scores(
+    x: Any, y: Any, groups: list[str], spec: HeadSpec | None, l2: float, mlp: MLPSettings | None = None
+) -> Any:
+    """Out-of-fold validation scores over FOLDS group folds of the train split (logistic regression, or the MLP)."""
     torch = require_torch()
     features = spec.select(x) if spec is not None else x
     folds = torch.tensor([dataset.fold_of(g, FOLDS) for g in groups])
@@ -171,6 +182,9 @@ def _oof_scores(x: Any, y: Any, groups: list[str], spec: HeadSpec | None, l2: fl
     for fold in range(FOLDS):
         held = folds == fold
         if held.all() or not held.any() or y[~held].min() == y[~held].max():
+            continue
+        if mlp is not None:
+            scores[held] = mlp_scores(fit_mlp(features[~held], y[~held], mlp), features[held])
             continue
         mean, scale, weight, bias = fit_logistic(features[~held], y[~held], l2, steps=100)
         scores[held] = torch.sigmoid(((features[held] - mean) / scale) @ weight + bias)
@@ -186,8 +200,9 @@ def _tool_features(tools: list[str], vocabulary: list[str]) -> Any:
     return x
 
 
-def _examples(head: str, items: list[dict[str, Any]], split: str) -> list[Example]:
-    examples = risk_examples(items, split) if head == "risk" else injection_examples(items, split)
+def _examples(head: str, items: list[dict[str, Any]], split: str, head_input: str | None = None) -> list[Example]:
+    head_input = head_input or INPUTS[head]
+    examples = risk_examples(items, split, head_input) if head == "risk" else injection_examples(items, split)
     if not examples:
         raise ProbeError(f"the {split} split of the {head} data is empty", hint="rebuild the data set")
     return examples
@@ -206,6 +221,7 @@ def train(
     heads: tuple[str, ...] = HEADS,
     cache_dir: Path = DEFAULT_CACHE_DIR,
     log: Log = print,
+    mlp: MLPSettings | None = DEFAULT_MLP,  # None: logistic regression only
 ) -> list[Path]:
     require_torch()  # fail before any work when torch is missing
     manifest = dataset.load_json_file(data_dir / "manifest.json", "data set manifest")
@@ -230,19 +246,34 @@ def train(
         best_l2_auroc, l2 = max(tried)
         log(f"  chose {best.label}, l2 {l2}: validation AUROC {best_l2_auroc:.4f}")
         validation = _oof_scores(x, y, groups, best, l2)
+        model_auroc = {"logistic_regression": round(best_l2_auroc, 4)}
+        model: dict[str, Any] = {"kind": "logistic_regression", "l2": l2, "standardised": True, "class_balanced": True}
+        if mlp is not None:
+            mlp_validation = _oof_scores(x, y, groups, best, l2, mlp)
+            model_auroc["mlp"] = round(auroc(y.tolist(), mlp_validation.tolist()), 4)
+            log(f"  MLP on the same features: validation AUROC {model_auroc['mlp']:.4f}")
+        if mlp is not None and model_auroc["mlp"] > model_auroc["logistic_regression"] + COST_TOLERANCE:
+            validation = mlp_validation
+            tensors = fit_mlp(best.select(x), y, mlp)
+            model = mlp.card()
+        else:
+            mean, scale, weight, bias = fit_logistic(best.select(x), y, l2)
+            tensors = {"mean": mean, "scale": scale, "weight": weight, "bias": bias}
+        log(f"  model: {model['kind']}")
         threshold = threshold_at_tpr(y.tolist(), validation.tolist(), 0.95)
-        mean, scale, weight, bias = fit_logistic(best.select(x), y, l2)
         head = Head(
             name=head_name,
             spec=best,
-            mean=mean,
-            scale=scale,
-            weight=weight,
-            bias=bias,
+            mean=tensors["mean"],
+            scale=tensors["scale"],
+            weight=tensors["weight"],
+            bias=tensors["bias"],
+            hidden_weight=tensors.get("hidden_weight"),
+            hidden_bias=tensors.get("hidden_bias"),
             threshold=round(float(threshold), 6),
             card={
                 "backbone": backbone_section(backbone),
-                "model": {"kind": "logistic_regression", "l2": l2, "standardised": True, "class_balanced": True},
+                "model": model,
                 "data": {
                     "manifest_sha256": dataset.manifest_digest(data_dir),
                     "file_sha256": manifest["files"][head_name]["sha256"],
@@ -257,6 +288,8 @@ def train(
                     "candidates": {spec.label: round(v, 4) for v, spec in results},
                     "threshold_rule": "validation score flagging 95% of positives",
                     "layer_rule": f"shallowest deepest layer within {COST_TOLERANCE} of the best validation AUROC",
+                    "model_rule": f"the MLP only when it beats logistic regression by more than {COST_TOLERANCE}",
+                    "models": model_auroc,
                 },
                 "metrics": {"validation": summary(y.tolist(), validation.tolist())},
             },
@@ -269,11 +302,13 @@ def train(
 def _fit_predict_tool_baseline(train_examples: list[Example], test_tools: list[str]) -> list[float]:
     torch = require_torch()
     vocabulary = sorted({e.tool for e in train_examples})
-    x = _tool_features([e.tool for e in train_examples], vocabulary)
-    y = _labels(train_examples)
+    # Float64 and rounded: many tools get nearly the same score, and float32 rounding that depends on the thread
+    # count would reorder them (and move the baseline's AUROC) from one run to the next.
+    x = _tool_features([e.tool for e in train_examples], vocabulary).double()
+    y = _labels(train_examples).double()
     mean, scale, weight, bias = fit_logistic(x, y, DEFAULT_L2)
-    test = _tool_features(test_tools, vocabulary)
-    return torch.sigmoid(((test - mean) / scale) @ weight + bias).tolist()
+    test = _tool_features(test_tools, vocabulary).double()
+    return [round(v, 6) for v in torch.sigmoid(((test - mean) / scale) @ weight + bias).tolist()]
 
 
 def evaluate(
@@ -306,7 +341,7 @@ def evaluate(
             )
         items = dataset.load_items(data_dir, head_name)
         train_examples = _examples(head_name, items, "train")
-        test_examples = _examples(head_name, items, "test")
+        test_examples = _examples(head_name, items, "test", head.input)
         log(f"{head_name}: {len(test_examples)} test examples")
         labels = [e.label for e in test_examples]
         probe_scores = head.score(cache.features([e.text for e in test_examples])).tolist()

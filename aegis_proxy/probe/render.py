@@ -3,8 +3,11 @@
 Pure Python (no torch): the data set builder and the runtime render the same way, so a head sees at run time exactly
 the kind of text it was trained on.
 
-- call-risk: the call first (it is what is judged, and a backbone truncates from the end), then the user's request,
-  then the newest untrusted content.
+- call-risk: the call first (it is what is judged, and a backbone truncates from the end), then the user's request
+  (`render_call/2`, what heads trained since the data-set fix read). Heads trained before it read the newest untrusted
+  content as well (`render_call/1`: the same text with `data:` lines appended). Validation found the data lines add
+  nothing to the call-risk head once attacks no longer always follow the injected output (untrusted text is the
+  injection head's input), while they double the tokens a call costs on AgentDojo-like contexts.
 - injection: each untrusted message (tool result, document) is cut into segments of a few sentences; each segment is
   scored on its own, so a high score points at the injected span, not just at the message.
 """
@@ -38,20 +41,29 @@ def render_arguments(arguments: object) -> str:
     return _clip(text, MAX_ARGUMENT_CHARS)
 
 
-def render_call(tool: str, arguments: object, user_request: str, untrusted: tuple[str, ...] = ()) -> str:
-    """The call-risk head's input. `untrusted` is newest first."""
-    parts = [
-        f"call: {tool}({render_arguments(arguments)})",
-        f"user: {_clip(' '.join(user_request.split()), MAX_REQUEST_CHARS)}",
-    ]
+def render_request(tool: str, arguments: object, user_request: str) -> str:
+    """The call and the user's latest request: the call-risk head's input (`render_call/2`)."""
+    return (
+        f"call: {tool}({render_arguments(arguments)})\nuser: {_clip(' '.join(user_request.split()), MAX_REQUEST_CHARS)}"
+    )
+
+
+def render_data(untrusted: tuple[str, ...]) -> str:
+    """The newest untrusted texts as `data:` lines (each after a newline), bounded in total; "" when there are none."""
+    parts = []
     budget = MAX_UNTRUSTED_CHARS
     for text in untrusted:
         if budget <= 0:
             break
         flat = " ".join(text.split())
-        parts.append(f"data: {_clip(flat, budget)}")
+        parts.append(f"\ndata: {_clip(flat, budget)}")
         budget -= len(flat)
-    return "\n".join(parts)
+    return "".join(parts)
+
+
+def render_call(tool: str, arguments: object, user_request: str, untrusted: tuple[str, ...] = ()) -> str:
+    """The call, the request, then the untrusted texts (newest first): `render_call/1`, the older heads' input."""
+    return render_request(tool, arguments, user_request) + render_data(untrusted)
 
 
 def untrusted_messages(context: CallContext) -> tuple[Message, ...]:
@@ -59,9 +71,13 @@ def untrusted_messages(context: CallContext) -> tuple[Message, ...]:
     return tuple(m for m in reversed(context.messages) if m.role in _UNTRUSTED_ROLES and m.content)
 
 
+def data_for_call(context: CallContext) -> tuple[str, ...]:
+    """The untrusted texts `render_call/1` appends: tool results and documents, newest first."""
+    return tuple(m.content for m in untrusted_messages(context) if m.role is not Role.ASSISTANT)
+
+
 def render_for_call(call: ToolCall, context: CallContext) -> str:
-    data = tuple(m.content for m in untrusted_messages(context) if m.role is not Role.ASSISTANT)
-    return render_call(call.tool, call.arguments, context.user_request, data)
+    return render_call(call.tool, call.arguments, context.user_request, data_for_call(context))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,9 @@
     [scores] = await scorer.score_async([item])          # the same, without blocking the event loop
 
 - One worker thread runs the backbone. Callers (threads, or coroutines through `score_async`) put their texts on a
-  queue; the worker waits at most `max_wait_ms` for more callers, then encodes up to `max_batch` texts at once, so
-  concurrent calls share one forward pass.
+  queue; the worker takes what is queued and, while other callers are on their way (inside `score`, not yet queued),
+  waits at most `max_wait_ms` for them, then encodes up to `max_batch` texts at once, so concurrent calls share one
+  forward pass. A lone caller is served at once: waiting for callers that are not coming would only add latency.
 - Scores are cached by the SHA-256 of the text: a session sends the same tool results with every call, so their
   segments are encoded once.
 - A caller waits at most `timeout_s`; what is not scored by then is None ("unknown") and the policy decides. The work
@@ -29,26 +30,33 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aegis_proxy.errors import AegisError
 from aegis_proxy.models import CallContext, Role, ToolCall
 from aegis_proxy.probe.backbone import DEFAULT_BACKBONE, Model, default_threads, open_model, set_threads
 from aegis_proxy.probe.errors import ProbeError
 from aegis_proxy.probe.head import HEADS, Head, load_head
-from aegis_proxy.probe.render import render_for_call, segments, untrusted_messages
+from aegis_proxy.probe.render import data_for_call, render_data, render_request, segments, untrusted_messages
 
 SCORE_KEYS = HEADS  # the keys of every score dict: "risk", "injection"
 PROBES_DIR = Path(__file__).resolve().parent.parent.parent / "probes"
 MAX_MESSAGES = 8  # untrusted messages per call that the injection head reads, newest first
+SEGMENTED_MESSAGES = 1024  # messages whose segmentation is remembered
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
 class ProbeItem:
-    """What the probe reads for one call: the rendered call and the untrusted texts around it."""
+    """What the probe reads for one call: the rendered call and request, and the untrusted texts around it.
+
+    `data_text` is the newest untrusted content rendered as `data:` lines: only a call-risk head trained on
+    `render_call/1` reads it (appended to `call_text`); current heads read `call_text` alone.
+    """
 
     call_text: str
     untrusted: tuple[str, ...] = ()
+    data_text: str = ""
 
     @classmethod
     def from_call(cls, call: ToolCall, context: CallContext | None = None) -> ProbeItem:
@@ -56,7 +64,11 @@ class ProbeItem:
         # Tool results and documents: what the injection head was trained on (the assistant's own text is not data).
         data = [m.content for m in untrusted_messages(context) if m.role in (Role.TOOL, Role.DOCUMENT)]
         texts = tuple(data[:MAX_MESSAGES])
-        return cls(render_for_call(call, context), texts)
+        request = render_request(call.tool, call.arguments, context.user_request)
+        return cls(request, texts, render_data(data_for_call(context)))
+
+    def risk_text(self, head_input: str) -> str:
+        return self.call_text + self.data_text if head_input == "render_call/1" else self.call_text
 
 
 @dataclass(frozen=True)
@@ -95,20 +107,22 @@ class _Request:
     future: Future[dict[str, tuple[float | None, ...]]] = field(default_factory=Future)
 
 
-class _ScoreCache:
+class _LRU(Generic[V]):
+    """A thread-safe least-recently-used map with at most `entries` entries (0: remembers nothing)."""
+
     def __init__(self, entries: int) -> None:
-        self._data: OrderedDict[str, tuple[float | None, ...]] = OrderedDict()
+        self._data: OrderedDict[str, V] = OrderedDict()
         self._entries = entries
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[float | None, ...] | None:
+    def get(self, key: str) -> V | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: str, value: tuple[float | None, ...]) -> None:
+    def put(self, key: str, value: V) -> None:
         if self._entries == 0:
             return
         with self._lock:
@@ -131,9 +145,13 @@ class ProbeScorer:
         self.status = status  # "ready", or why the probe is off
         self._order = tuple(name for name in SCORE_KEYS if name in heads)
         self._upto = max((head.max_layer for head in heads.values()), default=0)
-        self._cache = _ScoreCache(settings.cache_entries)
+        self._cache: _LRU[tuple[float | None, ...]] = _LRU(settings.cache_entries)
+        # Each message's segments with their keys: a session resends the same tool results with every call, and
+        # cutting a long message in Python costs more than the backbone's forward pass of the call itself.
+        self._segmented: _LRU[tuple[tuple[str, str], ...]] = _LRU(min(settings.cache_entries, SEGMENTED_MESSAGES))
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending = 0
+        self._arriving = 0  # callers inside `score` that have not queued their texts yet (guarded by _pending_lock)
         self._pending_lock = threading.Lock()
         self.batches = 0  # forward passes run (for tests and metrics)
         self.last_error: str | None = None
@@ -193,22 +211,56 @@ class ProbeScorer:
         unknown: dict[str, float | None] = dict.fromkeys(SCORE_KEYS)
         if not self.ready:
             return [dict(unknown) for _ in items]
+        with self._pending_lock:
+            self._arriving += 1  # from here on the worker may wait for this caller's texts (see _run)
+        try:
+            plans, wanted = self._plans(items)
+            known = {key: value for key in wanted if (value := self._cache.get(key)) is not None}
+            missing = {key: text for key, text in wanted.items() if key not in known}
+        except BaseException:
+            self._arrived()
+            raise
+        if missing:
+            known.update(self._wait(missing, arriving=True))
+        else:
+            self._arrived()
+        return self._results(plans, known, unknown)
+
+    def _arrived(self) -> None:
+        with self._pending_lock:
+            self._arriving -= 1
+
+    def _plans(self, items: Sequence[ProbeItem]) -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
         plans: list[tuple[str, list[str]]] = []
         wanted: dict[str, str] = {}
+        risk_input = self.heads["risk"].input if "risk" in self.heads else ""
         for item in items:
-            call_key = _key(item.call_text)
-            wanted[call_key] = item.call_text
+            call_text = item.risk_text(risk_input)
+            call_key = _key(call_text)
+            wanted[call_key] = call_text
             segment_keys = []
             for text in item.untrusted:
-                for segment in segments(text):
-                    key = _key(segment.text)
-                    wanted[key] = segment.text
+                for key, segment in self._segments_of(text):
+                    wanted[key] = segment
                     segment_keys.append(key)
             plans.append((call_key, segment_keys))
-        known = {key: value for key in wanted if (value := self._cache.get(key)) is not None}
-        missing = {key: text for key, text in wanted.items() if key not in known}
-        if missing:
-            known.update(self._wait(missing))
+        return plans, wanted
+
+    def _segments_of(self, text: str) -> tuple[tuple[str, str], ...]:
+        """(key, text) of each segment of one untrusted message, cut once per distinct message."""
+        message_key = _key(text)
+        found = self._segmented.get(message_key)
+        if found is None:
+            found = tuple((_key(segment.text), segment.text) for segment in segments(text))
+            self._segmented.put(message_key, found)
+        return found
+
+    def _results(
+        self,
+        plans: list[tuple[str, list[str]]],
+        known: dict[str, tuple[float | None, ...]],
+        unknown: dict[str, float | None],
+    ) -> list[dict[str, float | None]]:
         results = []
         for call_key, segment_keys in plans:
             result = dict(unknown)
@@ -245,13 +297,18 @@ class ProbeScorer:
             out.append((segment.start, segment.end, None if scores is None else scores[index]))
         return out
 
-    def _wait(self, missing: dict[str, str]) -> dict[str, tuple[float | None, ...]]:
-        with self._pending_lock:
-            if self._pending + len(missing) > self.settings.max_pending:
-                return {}  # overloaded: unknown now beats a verdict in a minute
-            self._pending += len(missing)
-        request = _Request(missing)
-        self._queue.put(request)
+    def _wait(self, missing: dict[str, str], *, arriving: bool = False) -> dict[str, tuple[float | None, ...]]:
+        """Queue the texts and wait for their scores. `arriving`: the caller counted itself in `_arriving`."""
+        try:
+            with self._pending_lock:
+                if self._pending + len(missing) > self.settings.max_pending:
+                    return {}  # overloaded: unknown now beats a verdict in a minute
+                self._pending += len(missing)
+            request = _Request(missing)
+            self._queue.put(request)
+        finally:
+            if arriving:
+                self._arrived()  # queued (or turned away): the worker need not wait for it any more
         try:
             return request.future.result(timeout=self.settings.timeout_s)
         except FutureTimeout:
@@ -271,13 +328,16 @@ class ProbeScorer:
             count = len(first.texts)
             deadline = time.perf_counter() + self.settings.max_wait_ms / 1000
             while count < self.settings.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
                 try:
-                    more = self._queue.get(timeout=remaining)
+                    more = self._queue.get_nowait()  # already queued: always part of this batch
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or not self._arriving:  # nobody on the way: do not wait for no one
+                        break
+                    try:
+                        more = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if more is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
