@@ -155,6 +155,33 @@ class AppendEntry:
     ref_seq: int | None = None
     latency_us: int = 0
 
+    def body(
+        self, *, origin: str, seq: int, prev: str, time: str, replica: str, args_commit: str | None, key_id: str
+    ) -> RecordBody:
+        """The record body of this entry at a place in a log (pydantic ValidationError if the schema refuses it)."""
+        return RecordBody(
+            origin=origin,
+            seq=seq,
+            prev=prev,
+            type=self.type,
+            time=time,
+            replica=replica,
+            request_id=self.request_id,
+            session_id=self.session_id,
+            agent_id=self.agent_id,
+            tool=self.tool,
+            args_commit=args_commit,
+            decision=self.decision,
+            rules=tuple(self.rules),
+            policy_digest=self.policy_digest,
+            findings=tuple(self.findings),
+            scores=dict(self.scores),
+            approver=self.approver,
+            ref_seq=self.ref_seq,
+            latency_us=self.latency_us,
+            key_id=key_id,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class StoredRecord:
@@ -500,26 +527,13 @@ class AuditStore:
             # Python RFC 8785 serialiser is a sizeable share of an append)
             canonical_arguments = _canonical_arguments(entry.arguments)
             commit = hashlib.sha256(nonce + canonical_arguments).hexdigest()
-        body = RecordBody(
+        body = entry.body(
             origin=self.origin,
             seq=seq,
             prev=ZERO_HASH if seq == 0 else prev.hex(),
-            type=entry.type,
             time=format_time(dt.datetime.now(dt.UTC)),
             replica=self.replica,
-            request_id=entry.request_id,
-            session_id=entry.session_id,
-            agent_id=entry.agent_id,
-            tool=entry.tool,
             args_commit=commit,
-            decision=entry.decision,
-            rules=tuple(entry.rules),
-            policy_digest=entry.policy_digest,
-            findings=tuple(entry.findings),
-            scores=dict(entry.scores),
-            approver=entry.approver,
-            ref_seq=entry.ref_seq,
-            latency_us=entry.latency_us,
             key_id=signer.key_id,
         )
         signed = sign_record(body, signer.key)

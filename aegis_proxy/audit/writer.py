@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from aegis_proxy.audit.errors import AuditError
-from aegis_proxy.audit.record import ZERO_HASH, RecordBody, format_time
+from aegis_proxy.audit.record import ZERO_HASH, format_time
 from aegis_proxy.audit.store import AppendEntry, AuditStore
 
 log = logging.getLogger("aegis_proxy.audit")
@@ -46,28 +46,14 @@ def check_entry(entry: AppendEntry) -> None:
     what RFC 8785 cannot represent (floats that are not finite, integers beyond 2^53, lone surrogates).
     """
     try:
-        RecordBody(
+        entry.body(
             origin="check",
             seq=_MAX_SAFE_INTEGER,  # the largest seq: any real ref_seq points before it
             prev=ZERO_HASH,
-            type=entry.type,
             time=format_time(dt.datetime.now(dt.UTC)),
             replica="check",
-            request_id=entry.request_id,
-            session_id=entry.session_id,
-            agent_id=entry.agent_id,
-            tool=entry.tool,
             args_commit=None if entry.arguments is None else ZERO_HASH,
-            decision=entry.decision,
-            rules=tuple(entry.rules),
-            policy_digest=entry.policy_digest,
-            findings=tuple(entry.findings),
-            scores=dict(entry.scores),
-            approver=entry.approver,
-            ref_seq=entry.ref_seq,
-            latency_us=entry.latency_us,
             key_id=_PLACEHOLDER_KEY_ID,
-            rotation=None,
         )
     except ValidationError as error:
         first = error.errors()[0]

@@ -53,19 +53,27 @@ class HeadSpec:
         return f"layers {','.join(map(str, self.layers))} / {'+'.join(self.pooling)}"
 
 
-def fit_logistic(
-    x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200
+def _standardised_balanced(
+    x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Standardise, then fit class-balanced L2 logistic regression with L-BFGS. Returns mean, scale, weight, bias."""
+    """What every head's fit starts from: (mean, scale, standardised x, class-balancing sample weights)."""
     torch = require_torch()
     mean = x.mean(0)
     scale = x.std(0).clamp(min=1e-4)
-    z = (x - mean) / scale
     positives = float(y.sum())
     negatives = float(len(y) - positives)
     if positives == 0 or negatives == 0:
         raise ProbeError("training data has only one class", hint="rebuild the data set; both labels are needed")
     sample_weight = torch.where(y > 0.5, len(y) / (2 * positives), len(y) / (2 * negatives))
+    return mean, scale, (x - mean) / scale, sample_weight
+
+
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardise, then fit class-balanced L2 logistic regression with L-BFGS. Returns mean, scale, weight, bias."""
+    torch = require_torch()
+    mean, scale, z, sample_weight = _standardised_balanced(x, y)
     weight = torch.zeros(z.shape[1], dtype=z.dtype, requires_grad=True)
     bias = torch.zeros(1, dtype=z.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -116,14 +124,7 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, settings: MLPSettings = DEFAULT_ML
     """Standardise, then fit a class-balanced MLP (input dropout, one GELU hidden layer) with AdamW; deterministic for
     a given seed. Returns the tensors a head saves: mean, scale, hidden_weight, hidden_bias, weight, bias."""
     torch = require_torch()
-    mean = x.mean(0)
-    scale = x.std(0).clamp(min=1e-4)
-    z = (x - mean) / scale
-    positives = float(y.sum())
-    negatives = float(len(y) - positives)
-    if positives == 0 or negatives == 0:
-        raise ProbeError("training data has only one class", hint="rebuild the data set; both labels are needed")
-    sample_weight = torch.where(y > 0.5, len(y) / (2 * positives), len(y) / (2 * negatives))
+    mean, scale, z, sample_weight = _standardised_balanced(x, y)
     generator = torch.Generator().manual_seed(settings.seed)
     hidden = torch.nn.Linear(z.shape[1], settings.hidden)
     out = torch.nn.Linear(settings.hidden, 1)
