@@ -39,6 +39,12 @@ _PLACEHOLDER_KEY_ID = "0" * 32
 _MAX_SAFE_INTEGER = 2**53 - 1
 
 
+def _not_committed(timeout: float) -> AuditError:
+    return AuditError(
+        f"the audit record was not committed within {timeout:g} s", hint="the call is denied; check the audit database"
+    )
+
+
 def check_entry(entry: AppendEntry) -> None:
     """Raise AuditError if the store would refuse this entry whatever the database state (schema, canonical form).
 
@@ -223,10 +229,7 @@ class AuditWriter:
             # Withdraw it if the thread has not taken it yet; a record already in a commit may still land (the call
             # is denied either way: the log then holds a record of a call that did not run, never the reverse).
             future.cancel()
-            raise AuditError(
-                f"the audit record was not committed within {timeout:g} s",
-                hint="the call is denied; check the audit database",
-            ) from None
+            raise _not_committed(timeout) from None
 
     async def append_async(self, entry: AppendEntry, timeout: float = 5.0) -> int:
         """`append_sync` for an event loop: the loop serves other work until the record is durable, and the writer
@@ -237,10 +240,7 @@ class AuditWriter:
                 return await asyncio.wrap_future(future)
         except TimeoutError:
             future.cancel()  # as in append_sync: withdrawn if not yet taken; the call is denied either way
-            raise AuditError(
-                f"the audit record was not committed within {timeout:g} s",
-                hint="the call is denied; check the audit database",
-            ) from None
+            raise _not_committed(timeout) from None
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Flush what is queued, then stop the thread. Idempotent."""
