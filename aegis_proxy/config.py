@@ -91,6 +91,9 @@ class ProbeConfig(_Strict):
     backbone: str = Field(default="off", min_length=1)  # "off", "minilm", "smollm2", or a local HF model directory
     heads_dir: Path | None = None  # default: the trained heads shipped in probes/<backbone>/
     timeout: float = Field(default=0.25, gt=0, le=10)  # seconds a call waits for its scores; then they are unknown
+    # The backbone's matrix products (probes/README.md, Precision): auto = the fastest this machine runs well that
+    # the heads' cards validate; an explicit one the machine or the cards refuse switches the probe off (unknown).
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
 
 
 class AegisConfig(_Strict):

@@ -1,7 +1,8 @@
 """Probe latency: milliseconds per call at batch 1 and batch 32, per backbone, on CPU (and on GPU when one is present).
 
 Usage: python bench/probe.py [--backbone minilm] [--backbone DIR ...] [--sample corpus|agentdojo ...] [--threads 2]
-                             [--calls 64] [--repeat 3] [--max-length 256] [--no-scorer]
+                             [--precision auto|fp32|bf16|int8 ...] [--calls 64] [--repeat 3] [--max-length 256]
+                             [--no-scorer]
 
 "A call" is one tool call in its context: the call-risk head's input (the rendered call, the user request, the newest
 untrusted text) and, for the scorer, every segment of its untrusted messages. Two samples:
@@ -14,18 +15,24 @@ Numbers per backbone, sample and device:
   scorer runs), one text at a time and 32 at once (batched by length);
 - scorer b1 cold: `ProbeScorer.score` end to end with the committed heads, one caller at a time with no cache (the
   call text and every segment of its untrusted messages are encoded for every call);
+- scorer b1, newest message new: one caller at a time, the earlier untrusted messages scored before and the newest
+  one new (each step of an agent brings one new tool result); median ms per call;
 - scorer b1, seen messages: one caller at a time, each call new but its untrusted messages scored before (the usual
   case inside a session: the same tool results come with every call); median ms per call;
 - scorer 32 callers cold: 32 concurrent callers on a cold cache, ms per call;
 - scorer warm: one caller, everything cached (the same call again).
 The forward and scorer b1 columns are the best of `--repeat` passes over the sample: on a shared machine other jobs
-only ever add time, so the fastest pass is the closest to the cost of the work itself.
+only ever add time, so the fastest pass is the closest to the cost of the work itself. `--precision` (repeatable;
+default auto) runs every row at each precision; the precision column is what actually ran (`auto` resolves to the
+fastest precision this machine runs well that the committed heads validate; with --no-scorer, to the fastest
+this machine runs well).
 Target (issue 6): <= 15 ms per call at batch 1 on 2 CPU cores with the default backbone; <= 3 ms on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -42,6 +49,7 @@ from aegis_proxy.probe import ProbeItem, ProbeScorer, ProbeSettings
 from aegis_proxy.probe.backbone import Model, open_model, set_threads
 from aegis_proxy.probe.features import pooled
 from aegis_proxy.probe.head import HEADS
+from aegis_proxy.probe.precision import PRECISIONS
 from aegis_proxy.probe.render import segments
 from aegis_proxy.probe.runtime import PROBES_DIR
 
@@ -89,7 +97,9 @@ def forward_ms(backbone: Model, texts: list[str], batch: int, upto: int | None, 
     return min(passes)
 
 
-def open_scorer(spec: str, device: str, threads: int, max_length: int, cache_entries: int = 65_536) -> ProbeScorer:
+def open_scorer(
+    spec: str, device: str, threads: int, max_length: int, precision: str, cache_entries: int = 65_536
+) -> ProbeScorer:
     settings = ProbeSettings(
         backbone=spec,
         device=device,
@@ -97,6 +107,7 @@ def open_scorer(spec: str, device: str, threads: int, max_length: int, cache_ent
         max_length=max_length,
         timeout_s=600,
         cache_entries=cache_entries,
+        precision=precision,
     )
     model_name = "minilm" if spec == "minilm" else "smollm2" if spec == "smollm2" else Path(spec).stem
     heads = tuple(h for h in HEADS if (PROBES_DIR / model_name / f"{h}.json").is_file())  # the heads trained so far
@@ -124,6 +135,20 @@ def seen_messages_ms(scorer: ProbeScorer, sample: list[ProbeItem]) -> float:
     for item in sample:
         begin = time.perf_counter()
         scorer.score([item])
+        times.append((time.perf_counter() - begin) * 1000)
+    return statistics.median(times)
+
+
+def newest_new_ms(uncached: ProbeScorer, sample: list[ProbeItem]) -> float:
+    """One caller at a time, a new call whose earlier untrusted messages were scored before and whose newest one is
+    new (each agent step brings one tool result): the call text and the newest message's segments are encoded, the
+    older messages are cache hits, which cost next to nothing. Timed on the uncached scorer with only the newest
+    message given, so no other call of the sample can have scored it first. Median ms per call."""
+    times = []
+    for item in sample:
+        newest_only = dataclasses.replace(item, untrusted=item.untrusted[:1])  # newest first
+        begin = time.perf_counter()
+        uncached.score([newest_only])
         times.append((time.perf_counter() - begin) * 1000)
     return statistics.median(times)
 
@@ -161,6 +186,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="passes per b1/b32 number; the best is reported")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--no-scorer", action="store_true", help="skip the end-to-end scorer (no heads needed)")
+    parser.add_argument("--precision", action="append", choices=PRECISIONS, help="repeatable (default auto)")
     args = parser.parse_args()
     import torch
 
@@ -174,43 +200,52 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {load} (other work on the machine slows every number)"
     )
     print(
-        "| backbone | sample | device | tokens/call | segments/call | layers run | forward b1 (all layers) | "
-        "forward b1 | forward b32 | scorer b1 cold | scorer b1, seen messages | scorer 32 callers cold | scorer warm |"
+        "| backbone | sample | device | precision | tokens/call | segments/call | layers run | "
+        "forward b1 (all layers) | forward b1 | forward b32 | scorer b1 cold | scorer b1, newest message new | "
+        "scorer b1, seen messages | scorer 32 callers cold | scorer warm |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for spec in args.backbone or ["minilm"]:
-        for device in devices:
-            backbone = open_model(spec, max_length=args.max_length, device=device)
-            scorer = uncached = None
-            if not args.no_scorer:
-                scorer = open_scorer(spec, device, args.threads, args.max_length)
-                uncached = open_scorer(spec, device, args.threads, args.max_length, cache_entries=0)
-            try:
-                upto = None if scorer is None else max(h.max_layer for h in scorer.heads.values())
-                risk_input = scorer.heads["risk"].input if scorer is not None and "risk" in scorer.heads else ""
-                for name, sample in samples.items():
-                    texts = [item.risk_text(risk_input) for item in sample]  # what the call-risk head reads
-                    _, mask = backbone.tokenize(texts)
-                    tokens = float(mask.sum()) / len(texts)
-                    pieces = sum(len(segments(text)) for item in sample for text in item.untrusted) / len(sample)
-                    full = forward_ms(backbone, texts, 1, None, args.repeat)  # the same calls at every batch size
-                    b1 = forward_ms(backbone, texts, 1, upto, args.repeat)
-                    b32 = forward_ms(backbone, texts, 32, upto, args.repeat)
-                    alone = seen = cold = warm = float("nan")
-                    if scorer is not None and uncached is not None:
-                        alone = alone_ms(uncached, sample, args.repeat)
-                        cold, warm = concurrent_ms(scorer, sample[:32])
-                        seen = seen_messages_ms(scorer, sample[32:])  # calls the concurrent run did not see
-                    layers = backbone.num_layers if upto is None else upto
-                    print(
-                        f"| {backbone.name} | {name} | {device} | {tokens:.0f} | {pieces:.1f} | "
-                        f"{layers}/{backbone.num_layers} | {full:.1f} | {b1:.1f} | {b32:.1f} | {alone:.1f} | "
-                        f"{seen:.1f} | {cold:.1f} | {warm:.2f} |"
-                    )
-            finally:
-                for opened in (scorer, uncached):
-                    if opened is not None:
-                        opened.close()
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    runs = [
+        (spec, device, precision)
+        for spec in args.backbone or ["minilm"]
+        for device in devices
+        for precision in dict.fromkeys(args.precision or ["auto"])
+    ]
+    for spec, device, precision in runs:
+        scorer = uncached = None
+        if not args.no_scorer:
+            scorer = open_scorer(spec, device, args.threads, args.max_length, precision)
+            uncached = open_scorer(spec, device, args.threads, args.max_length, precision, cache_entries=0)
+        # The forward rows run what the scorer runs (auto resolved against the heads' cards).
+        ran = precision if scorer is None else scorer.precision or precision
+        backbone = open_model(spec, max_length=args.max_length, device=device, precision=ran)
+        try:
+            upto = None if scorer is None else max(h.max_layer for h in scorer.heads.values())
+            risk_input = scorer.heads["risk"].input if scorer is not None and "risk" in scorer.heads else ""
+            for name, sample in samples.items():
+                texts = [item.risk_text(risk_input) for item in sample]  # what the call-risk head reads
+                _, mask = backbone.tokenize(texts)
+                tokens = float(mask.sum()) / len(texts)
+                pieces = sum(len(segments(text)) for item in sample for text in item.untrusted) / len(sample)
+                full = forward_ms(backbone, texts, 1, None, args.repeat)  # the same calls at every batch size
+                b1 = forward_ms(backbone, texts, 1, upto, args.repeat)
+                b32 = forward_ms(backbone, texts, 32, upto, args.repeat)
+                alone = newest = seen = cold = warm = float("nan")
+                if scorer is not None and uncached is not None:
+                    alone = alone_ms(uncached, sample, args.repeat)
+                    newest = newest_new_ms(uncached, sample)
+                    cold, warm = concurrent_ms(scorer, sample[:32])
+                    seen = seen_messages_ms(scorer, sample[32:])  # calls the concurrent run did not see
+                layers = backbone.num_layers if upto is None else upto
+                print(
+                    f"| {backbone.name} | {name} | {device} | {backbone.precision} | {tokens:.0f} | {pieces:.1f} | "
+                    f"{layers}/{backbone.num_layers} | {full:.1f} | {b1:.1f} | {b32:.1f} | {alone:.1f} | "
+                    f"{newest:.1f} | {seen:.1f} | {cold:.1f} | {warm:.2f} |"
+                )
+        finally:
+            for opened in (scorer, uncached):
+                if opened is not None:
+                    opened.close()
 
 
 if __name__ == "__main__":

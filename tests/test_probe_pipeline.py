@@ -71,6 +71,33 @@ def test_eval_reports_the_probe_beside_both_baselines_and_rewrites_the_readme(tr
     assert results_table(metrics) in readme
 
 
+def test_eval_cross_validates_the_risk_head_by_task_beside_the_tool_name_baseline(trained: dict[str, Path]) -> None:
+    cv = json.loads((trained["heads"] / "metrics.json").read_text())["risk"]["task_cv"]
+    margin = cv["margin_over_tool_name_baseline"]["agentdojo"]
+    assert 1 <= margin["folds"] <= cv["folds"] * cv["repeats"]
+    assert margin["min"] <= margin["mean"] <= margin["max"] and margin["std"] >= 0
+    probe, tool = cv["auroc"]["probe"], cv["auroc"]["tool_name_baseline"]
+    assert margin["mean"] == pytest.approx(probe["mean"] - tool["mean"], abs=2e-4)  # the margin is per fold
+    assert cv["distinct_attack_calls_per_fold"]["min"] >= 1
+    assert "task-grouped cross-validation" in trained["readme"].read_text()
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_cross_validation_folds_never_share_a_task_between_train_and_test(repeat: int) -> None:
+    from aegis_proxy.probe.crossval import FOLDS, fold_split
+
+    groups = [[f"user_{u}"] for u in range(20)] + [[f"user_{u}", f"injection_{i}"] for u in range(20) for i in range(6)]
+    tested: set[int] = set()
+    for fold in range(FOLDS):
+        train, test = fold_split(groups, repeat, fold)
+        assert not set(train) & set(test)
+        test_tasks = {task for i in test for task in groups[i]}
+        assert not test_tasks & {task for i in train for task in groups[i]}
+        assert not tested & set(test)  # each call is tested in one fold at most
+        tested |= set(test)
+    assert len(tested) > len(groups) // FOLDS  # and a real share of them is tested
+
+
 def test_eval_is_repeatable_from_the_cache(trained: dict[str, Path]) -> None:
     first = (trained["heads"] / "metrics.json").read_text()
     common = ["--backbone", str(trained["model"]), "--data", str(trained["data"]), "--cache", str(trained["cache"])]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis_proxy.probe.errors import INSTALL_HINT, ProbeError, ProbeUnavailable
+from aegis_proxy.probe.precision import COMPUTE_PRECISIONS, Linear, choose
 from aegis_proxy.strict_json import object_without_duplicates
 
 if TYPE_CHECKING:
@@ -291,9 +292,16 @@ def pick_device(device: str | None) -> str:
 
 
 class Backbone:
-    """A frozen BERT-family encoder. `hidden_states(texts)` -> (layers+1, batch, tokens, hidden) and the mask."""
+    """A frozen BERT-family encoder. `hidden_states(texts)` -> (layers+1, batch, tokens, hidden) and the mask.
 
-    def __init__(self, spec: str = DEFAULT_BACKBONE, *, max_length: int = 256, device: str | None = None) -> None:
+    `precision` (precision.py) is the precision of the linear layers, fp32 unless asked (training and evaluation
+    must not depend on the machine); `auto` picks the fastest this machine runs well; `set_precision` changes it
+    later (the scorer does, once it knows what its heads validate).
+    """
+
+    def __init__(
+        self, spec: str = DEFAULT_BACKBONE, *, max_length: int = 256, device: str | None = None, precision: str = "fp32"
+    ) -> None:
         torch = require_torch()
         self.spec = spec
         self.path = resolve_backbone(spec)
@@ -307,16 +315,28 @@ class Backbone:
         files = weight_files(self.path)
         self.digest = file_digest(files)
         self.device = pick_device(device)
-        # bf16 on a GPU halves memory and time; CPU bf16 matmuls are slow on most CPUs, so float32 there.
-        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         weights = _encoder_weights(_load_tensors(files), self.config, self.path)
-        self.weights = {name: t.to(device=self.device, dtype=self.dtype) for name, t in weights.items()}
-        self._layers = [_EncoderLayer.of(self.weights, n) for n in range(self.config.num_layers)]
+        # Float32 master weights: embeddings and layer norms always run in float32; the linears get their own copy.
+        self.weights = {name: t.to(device=self.device, dtype=torch.float32) for name, t in weights.items()}
+        self.precision = ""
+        self._layers: list[_EncoderLayer] = []
+        self.set_precision(precision)
         self.tokenizer = _tokenizer(self.path, max_length, self.config.pad_token_id)
+
+    def set_precision(self, precision: str) -> None:
+        """Prepare every layer's linears at `precision` (auto: the fastest this machine runs well)."""
+        chosen = choose(precision, self.device, implemented=self.implemented_precisions)
+        if chosen != self.precision:
+            self._layers = [_EncoderLayer.of(self.weights, n, chosen) for n in range(self.config.num_layers)]
+            self.precision = chosen
 
     @property
     def name(self) -> str:
         return self.spec if self.spec == DEFAULT_BACKBONE else self.path.name
+
+    @property
+    def implemented_precisions(self) -> tuple[str, ...]:
+        return COMPUTE_PRECISIONS if self.device == "cpu" else ("fp32", "bf16")  # int8 kernels are CPU-only
 
     @property
     def num_layers(self) -> int:
@@ -344,6 +364,7 @@ class Backbone:
         With `upto`, layers after it are not run (a head that reads layer 3 pays for 3 layers); their rows are zeros.
         Texts are padded to the longest of the batch only (never to max_length), and a batch without padding (every
         batch of one) runs attention without a mask, which lets scaled_dot_product_attention take its fastest kernel.
+        The linears run at `self.precision`; the residual stream and the layer norms stay float32 at every precision.
         """
         torch = require_torch()
         functional = torch.nn.functional
@@ -368,62 +389,55 @@ class Backbone:
                 x, (hidden,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps
             )
             # One buffer for every layer's output instead of a list stacked at the end (a copy of all of them).
-            states = torch.zeros(cfg.num_layers + 1, batch, tokens, hidden, device=self.device, dtype=self.dtype)
+            states = torch.empty(cfg.num_layers + 1, batch, tokens, hidden, device=self.device, dtype=torch.float32)
+            states[last_layer + 1 :].zero_()  # only the layers not run: the others are overwritten below
             states[0] = x
-            bias = None
-            if not bool(mask.all()):
-                bias = torch.zeros(batch, 1, 1, tokens, device=self.device, dtype=self.dtype)
-                bias = bias.masked_fill(mask[:, None, None, :] == 0, torch.finfo(self.dtype).min)
+            # A boolean mask (True: may attend) suits attention at every precision, unlike an additive bias.
+            allowed = None if bool(mask.all()) else (mask[:, None, None, :] != 0)
             for n, layer in enumerate(self._layers[:last_layer]):
                 # Query, key and value in one matmul (their weights concatenated at load): one larger GEMM is
                 # cheaper on a CPU than three small ones.
-                qkv = functional.linear(x, layer.qkv_weight, layer.qkv_bias)
+                qkv = layer.qkv(x)
                 q, k, v = qkv.view(batch, tokens, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
-                attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
                 attended = attended.transpose(1, 2).reshape(batch, tokens, hidden)
-                a = functional.linear(attended, layer.out_weight, layer.out_bias)
-                x = functional.layer_norm(a + x, (hidden,), layer.norm1_weight, layer.norm1_bias, eps)
-                m = functional.gelu(functional.linear(x, layer.up_weight, layer.up_bias))
-                m = functional.linear(m, layer.down_weight, layer.down_bias)
+                # The sums below promote to float32: the residual stream never holds a rounded copy.
+                x = functional.layer_norm(layer.out(attended) + x, (hidden,), layer.norm1_weight, layer.norm1_bias, eps)
+                m = layer.down(functional.gelu(layer.up(x)))
                 x = functional.layer_norm(m + x, (hidden,), layer.norm2_weight, layer.norm2_bias, eps)
                 states[n + 1] = x
-            stacked = states.float()
-        return stacked, mask
+        return states, mask
 
 
 @dataclass(frozen=True)
 class _EncoderLayer:
-    """One encoder layer's weights, prepared for the forward pass (query, key and value concatenated)."""
+    """One encoder layer, prepared for the forward pass at one precision (query, key and value concatenated)."""
 
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor
+    qkv: Linear
+    out: Linear
+    up: Linear
+    down: Linear
     norm1_weight: torch.Tensor
     norm1_bias: torch.Tensor
-    up_weight: torch.Tensor
-    up_bias: torch.Tensor
-    down_weight: torch.Tensor
-    down_bias: torch.Tensor
     norm2_weight: torch.Tensor
     norm2_bias: torch.Tensor
 
     @classmethod
-    def of(cls, w: dict[str, torch.Tensor], n: int) -> _EncoderLayer:
+    def of(cls, w: dict[str, torch.Tensor], n: int, precision: str) -> _EncoderLayer:
         torch = require_torch()
         p = f"encoder.layer.{n}."
         names = ("query", "key", "value")
         return cls(
-            qkv_weight=torch.cat([w[f"{p}attention.self.{name}.weight"] for name in names]).contiguous(),
-            qkv_bias=torch.cat([w[f"{p}attention.self.{name}.bias"] for name in names]).contiguous(),
-            out_weight=w[p + "attention.output.dense.weight"],
-            out_bias=w[p + "attention.output.dense.bias"],
+            qkv=Linear(
+                torch.cat([w[f"{p}attention.self.{name}.weight"] for name in names]),
+                torch.cat([w[f"{p}attention.self.{name}.bias"] for name in names]),
+                precision,
+            ),
+            out=Linear(w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"], precision),
+            up=Linear(w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], precision),
+            down=Linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"], precision),
             norm1_weight=w[p + "attention.output.LayerNorm.weight"],
             norm1_bias=w[p + "attention.output.LayerNorm.bias"],
-            up_weight=w[p + "intermediate.dense.weight"],
-            up_bias=w[p + "intermediate.dense.bias"],
-            down_weight=w[p + "output.dense.weight"],
-            down_bias=w[p + "output.dense.bias"],
             norm2_weight=w[p + "output.LayerNorm.weight"],
             norm2_bias=w[p + "output.LayerNorm.bias"],
         )
@@ -436,6 +450,7 @@ class Model(Protocol):
     digest: str
     max_length: int
     device: str
+    precision: str  # what the forward pass runs: fp32, bf16 or int8 (precision.py)
 
     @property
     def name(self) -> str: ...
@@ -450,14 +465,19 @@ class Model(Protocol):
 
     def hidden_states(self, texts: Sequence[str], upto: int | None = None) -> tuple[Any, Any]: ...
 
+    @property
+    def implemented_precisions(self) -> tuple[str, ...]: ...
 
-def open_model(spec: str, *, max_length: int = 256, device: str | None = None) -> Model:
+    def set_precision(self, precision: str) -> None: ...
+
+
+def open_model(spec: str, *, max_length: int = 256, device: str | None = None, precision: str = "fp32") -> Model:
     """`minilm` or a Hugging Face directory -> the encoder; `smollm2` or a .gguf file -> the decoder."""
     if spec == "smollm2" or spec.endswith(".gguf"):
         from aegis_proxy.probe.decoder import DecoderBackbone
 
-        return DecoderBackbone(spec, max_length=max_length, device=device)
-    return Backbone(spec, max_length=max_length, device=device)
+        return DecoderBackbone(spec, max_length=max_length, device=device, precision=precision)
+    return Backbone(spec, max_length=max_length, device=device, precision=precision)
 
 
 def make_random_bert(directory: Path, *, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0) -> Path:

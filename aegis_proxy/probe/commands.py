@@ -1,4 +1,5 @@
-"""`aegis probe build-dataset | train | eval | score`: argument parsing and printing; the work is in the probe modules.
+"""`aegis probe build-dataset | train | eval | check-precision | score`: argument parsing and printing; the work is in
+the probe modules.
 
 This module imports no torch: `aegis --help` must work without the probe extra. Each handler imports what it needs.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from aegis_proxy.errors import AegisError
 from aegis_proxy.probe.errors import ProbeError
+from aegis_proxy.probe.precision import COMPUTE_PRECISIONS, PRECISIONS
 
 DEFAULT_DATA = Path("probes") / ".cache" / "dataset"
 DEFAULT_CACHE = Path("probes") / ".cache" / "features"
@@ -26,12 +28,19 @@ def _heads_dir(args: argparse.Namespace, backbone_name: str) -> Path:
     return Path(args.heads) if args.heads else Path("probes") / backbone_name
 
 
-def _args_backbone(p: argparse.ArgumentParser) -> None:
+def _args_backbone(p: argparse.ArgumentParser, precision: str | None = "fp32") -> None:
     p.add_argument("--backbone", default="minilm", metavar="SPEC", help="'minilm' (default) or a local HF model dir")
     p.add_argument("--max-length", type=int, default=256, metavar="N", help="tokens read per text (default 256)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default 2)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--heads", metavar="DIR", help="head directory (default probes/<backbone name>)")
+    if precision is not None:
+        p.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=precision,
+            help=f"precision of the backbone's linear layers (default {precision})",
+        )
 
 
 def _args_data(p: argparse.ArgumentParser) -> None:
@@ -63,9 +72,23 @@ def _args_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-readme", action="store_true", help="print the table only")
 
 
+def _args_check_precision(p: argparse.ArgumentParser) -> None:
+    _args_backbone(p, precision=None)
+    _args_data(p)
+    p.add_argument(
+        "--precision",
+        action="append",
+        choices=COMPUTE_PRECISIONS,
+        help="precision to check (repeatable; default fp32, bf16 and int8; the heads' training precision is the "
+        "reference and is always included)",
+    )
+    p.add_argument("--readme", default=str(DEFAULT_README), metavar="PATH", help="precision table to rewrite")
+    p.add_argument("--dry-run", action="store_true", help="print the table; change neither the cards nor the README")
+
+
 def _args_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", default="-", help="JSONL of tool calls (the `aegis check` input), or - for stdin")
-    _args_backbone(p)
+    _args_backbone(p, precision="auto")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per line before 'unknown'")
 
 
@@ -84,7 +107,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _backbone(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from aegis_proxy.probe.pipeline import open_backbone
 
-    return open_backbone(args.backbone, args.max_length, args.threads, args.device)
+    return open_backbone(args.backbone, args.max_length, args.threads, args.device, args.precision)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -117,6 +140,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_check_precision(args: argparse.Namespace) -> int:
+    from aegis_proxy.probe.pipeline import open_backbone
+    from aegis_proxy.probe.precision_check import check_precisions, precision_table, write_readme
+
+    data = Path(args.data)
+    if not (data / "manifest.json").exists():
+        from aegis_proxy.probe import dataset
+
+        print(f"no data set in {data}: building it (aegis probe build-dataset --out {data})")
+        dataset.build(data)
+    precisions = list(dict.fromkeys(["fp32", *(args.precision or ["bf16", "int8"])]))
+    backbones = {p: open_backbone(args.backbone, args.max_length, args.threads, args.device, p) for p in precisions}
+    name = next(iter(backbones.values())).name
+    heads = tuple(args.head) if args.head else ("risk", "injection")
+    out = _heads_dir(args, name)
+    report = check_precisions(
+        data, out, backbones=backbones, heads=heads, cache_dir=Path(args.cache), write_cards=not args.dry_run, log=print
+    )
+    print(precision_table(report))
+    if not args.dry_run:
+        write_readme(Path(args.readme), report)
+        print(f"rewrote the precision table in {args.readme}; accepted precisions are on the cards in {out}")
+    return EXIT_OK
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from aegis_proxy.check import parse_line
     from aegis_proxy.probe.runtime import ProbeItem, ProbeScorer, ProbeSettings
@@ -128,8 +176,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         timeout_s=args.timeout,
+        precision=args.precision,
     )
     scorer = ProbeScorer.load(settings)
+    # stderr: stdout is one JSON line per call. Which precision runs is part of what the scores mean.
+    print(f"aegis probe: backbone {args.backbone}, precision {scorer.precision}", file=sys.stderr)
     try:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:
@@ -182,6 +233,13 @@ PROBE_COMMANDS: tuple[Command, ...] = (
         "  aegis probe eval --backbone minilm --data probes/.cache/dataset",
         _args_eval,
         _cmd_eval,
+    ),
+    (
+        "check-precision",
+        "Measure what bf16/int8 backbone precision does to the heads (validation decides); record it on the cards.",
+        "  aegis probe check-precision --backbone minilm --precision bf16",
+        _args_check_precision,
+        _cmd_check_precision,
     ),
     (
         "score",

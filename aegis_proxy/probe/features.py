@@ -2,7 +2,8 @@
 
 `pooled(backbone, texts)` -> (N, layers+1, 2, hidden) float32: index 0 of the pooling axis is the mean, 1 the last
 real token. A head picks the layers and poolings it was trained on. The cache is one safetensors file per backbone
-digest and max length; each row is keyed by the SHA-256 of its text, so a rebuilt data set reuses what it can.
+digest, max length and precision; each row is keyed by the SHA-256 of its text, so a rebuilt data set reuses what it
+can.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class FeatureCache:
     """Pooled features by text hash, persisted as safetensors (+ the keys in its metadata)."""
 
     def __init__(self, directory: Path, backbone: Model) -> None:
-        self.path = directory / f"features-{backbone.digest[:16]}-{backbone.max_length}.safetensors"
+        name = f"features-{backbone.digest[:16]}-{backbone.max_length}-{backbone.precision}.safetensors"
+        self.path = directory / name
         self.backbone = backbone
         self._rows: dict[str, torch.Tensor] = {}
         self._dirty = False

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aegis_proxy.probe.backbone import require_torch
 from aegis_proxy.probe.errors import ProbeError
 from aegis_proxy.probe.features import POOLINGS
+from aegis_proxy.probe.precision import COMPUTE_PRECISIONS
 from aegis_proxy.strict_json import object_without_duplicates
 
 if TYPE_CHECKING:
@@ -200,6 +201,17 @@ class Head:
     def max_layer(self) -> int:
         return max(self.spec.layers)
 
+    @property
+    def trained_precision(self) -> str:
+        """The backbone precision of the features the head was fitted on (cards before the setting: fp32)."""
+        return str(self.card.get("backbone", {}).get("precision", "fp32"))
+
+    @property
+    def validated_precisions(self) -> frozenset[str]:
+        """Precisions the head may read features of: the one it was trained on and those `check-precision` accepted."""
+        checked = self.card.get("precisions", {}).get("validated", [])
+        return frozenset({self.trained_precision, *checked})
+
     def save(self, directory: Path) -> Path:
         from safetensors.torch import save_file
 
@@ -233,6 +245,7 @@ def backbone_section(backbone: Model) -> dict[str, Any]:
         "num_layers": backbone.num_layers,
         "hidden_size": backbone.hidden_size,
         "max_length": backbone.max_length,
+        "precision": backbone.precision,
     }
 
 
@@ -306,6 +319,15 @@ def load_head(
         raise _bad(card_path, f"layers {layers!r} are not layer numbers of the backbone")
     if not isinstance(pooling, list) or not pooling or not all(p in POOLINGS for p in pooling):
         raise _bad(card_path, f"pooling {pooling!r} is not a list of {', '.join(POOLINGS)}")
+    trained = backbone.get("precision", "fp32")
+    checked = card.get("precisions", {"validated": []})
+    validated = checked.get("validated") if isinstance(checked, dict) else None
+    if (
+        trained not in COMPUTE_PRECISIONS
+        or not isinstance(validated, list)
+        or not all(p in COMPUTE_PRECISIONS for p in validated)
+    ):
+        raise _bad(card_path, f"precisions {trained!r} / {validated!r} are not of {', '.join(COMPUTE_PRECISIONS)}")
     threshold = card.get("threshold")
     if not isinstance(threshold, float | int) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
         raise _bad(card_path, f"threshold {threshold!r} is not in 0..1")

@@ -208,9 +208,11 @@ def _examples(head: str, items: list[dict[str, Any]], split: str, head_input: st
     return examples
 
 
-def open_backbone(spec: str, max_length: int, threads: int | None, device: str | None) -> Model:
+def open_backbone(
+    spec: str, max_length: int, threads: int | None, device: str | None, precision: str = "fp32"
+) -> Model:
     set_threads(threads)
-    return open_model(spec, max_length=max_length, device=device)
+    return open_model(spec, max_length=max_length, device=device, precision=precision)
 
 
 def train(
@@ -322,7 +324,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test-split metrics of each head and its baselines; also written to heads_dir/metrics.json."""
     cache = FeatureCache(cache_dir, backbone)
-    report: dict[str, Any] = {"backbone": backbone.name, "data_manifest_sha256": dataset.manifest_digest(data_dir)}
+    report: dict[str, Any] = {
+        "backbone": backbone.name,
+        "precision": backbone.precision,
+        "data_manifest_sha256": dataset.manifest_digest(data_dir),
+    }
     for head_name in heads:
         head = load_head(
             heads_dir,
@@ -355,6 +361,12 @@ def evaluate(
         section: dict[str, Any] = {"unit": "call" if head_name == "risk" else "segment", "spec": head.spec.label}
         section["rows"] = rows
         section["subsets"] = _subset_rows(test_examples, probe_scores, tool_scores)
+        if head_name == "risk" and any(item["source"].startswith("agentdojo/") for item in items):
+            from aegis_proxy.probe.crossval import task_cross_validation  # it builds on this module
+
+            log("risk: task-grouped cross-validation over the AgentDojo calls")
+            section["task_cv"] = task_cross_validation(items, head, cache)
+            cache.save()
         if head_name == "injection":
             section["messages"] = _message_level(items, head, cache, train_examples)
             cache.save()
@@ -426,7 +438,8 @@ def _fmt(value: Any) -> str:
 
 def results_table(report: dict[str, Any]) -> str:
     lines = [
-        f"Backbone `{report['backbone']}`; data manifest `{report['data_manifest_sha256'][:12]}`. Test split: held-out "
+        f"Backbone `{report['backbone']}` ({report.get('precision', 'fp32')} features); data manifest "
+        f"`{report['data_manifest_sha256'][:12]}`. Test split: held-out "
         "user tasks, injection tasks, corpus techniques and injection templates (none seen in training).",
         "",
         "| head | unit | scorer | AUROC | AUPRC | FPR@95TPR | ECE | test pos/neg |",
@@ -464,6 +477,10 @@ def results_table(report: dict[str, Any]) -> str:
                 f"{_fmt(probe['tpr_at_threshold'])} of test positives and "
                 f"{_fmt(probe['fpr_at_threshold'])} of negatives."
             )
+            if section.get("task_cv"):
+                from aegis_proxy.probe.crossval import cv_lines
+
+                lines.extend(cv_lines(section["task_cv"]))
     return "\n".join(lines)
 
 

@@ -9,12 +9,17 @@
   queue; the worker takes what is queued and, while other callers are on their way (inside `score`, not yet queued),
   waits at most `max_wait_ms` for them, then encodes up to `max_batch` texts at once, so concurrent calls share one
   forward pass. A lone caller is served at once: waiting for callers that are not coming would only add latency.
-- Scores are cached by the SHA-256 of the text: a session sends the same tool results with every call, so their
-  segments are encoded once.
+- Scores are cached by the SHA-256 of the head and the text: a session sends the same tool results with every call,
+  so their segments are encoded once.
+- Each text goes through the backbone only as deep as the head that reads it: the call text to the call-risk head's
+  deepest layer, the segments to the injection head's (layer 2 of 6 for MiniLM, against 4 for the call). A call
+  whose untrusted messages are all new has many more segments than calls, so this halves most of its work.
 - A caller waits at most `timeout_s`; what is not scored by then is None ("unknown") and the policy decides. The work
   goes on and fills the cache for the next call. The queue is bounded: past `max_pending` texts, new texts are
   unknown at once rather than queued behind minutes of work.
-- Each head runs only if it loaded; the backbone runs only up to the deepest layer a head reads.
+- Each head runs only if it loaded.
+- The backbone's precision (precision.py) is `settings.precision`; `auto` takes the fastest this machine runs well
+  among those every head's card validates. `precision` and `describe()` say which one runs.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from aegis_proxy.models import CallContext, Role, ToolCall
 from aegis_proxy.probe.backbone import DEFAULT_BACKBONE, Model, default_threads, open_model, set_threads
 from aegis_proxy.probe.errors import ProbeError
 from aegis_proxy.probe.head import HEADS, Head, load_head
+from aegis_proxy.probe.precision import AUTO, check_requested, choose
 from aegis_proxy.probe.render import data_for_call, render_data, render_request, segments, untrusted_messages
 
 SCORE_KEYS = HEADS  # the keys of every score dict: "risk", "injection"
@@ -83,8 +89,10 @@ class ProbeSettings:
     cache_entries: int = 65_536
     threads: int | None = None  # torch CPU threads; None = AEGIS_PROBE_THREADS or 2
     device: str | None = None  # None = cuda when available, else cpu
+    precision: str = AUTO  # auto | fp32 | bf16 | int8 (precision.py); auto never picks one the heads do not validate
 
     def __post_init__(self) -> None:
+        check_requested(self.precision)
         checks = (
             (self.timeout_s > 0, "timeout_s must be positive"),
             (0 <= self.max_wait_ms <= 1000, "max_wait_ms must be in 0..1000"),
@@ -97,14 +105,15 @@ class ProbeSettings:
                 raise ProbeError(f"probe settings: {message}", hint="fix the probe settings")
 
 
-def _key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+def _key(head: str, text: str) -> str:
+    """The cache key of one head's score of one text."""
+    return hashlib.sha256(f"{head}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
 class _Request:
-    texts: dict[str, str]  # key -> text
-    future: Future[dict[str, tuple[float | None, ...]]] = field(default_factory=Future)
+    texts: dict[str, tuple[str, str]]  # key -> (head, text)
+    future: Future[dict[str, float]] = field(default_factory=Future)
 
 
 class _LRU(Generic[V]):
@@ -143,9 +152,7 @@ class ProbeScorer:
         self.backbone = backbone
         self.heads = heads
         self.status = status  # "ready", or why the probe is off
-        self._order = tuple(name for name in SCORE_KEYS if name in heads)
-        self._upto = max((head.max_layer for head in heads.values()), default=0)
-        self._cache: _LRU[tuple[float | None, ...]] = _LRU(settings.cache_entries)
+        self._cache: _LRU[float] = _LRU(settings.cache_entries)
         # Each message's segments with their keys: a session resends the same tool results with every call, and
         # cutting a long message in Python costs more than the backbone's forward pass of the call itself.
         self._segmented: _LRU[tuple[tuple[str, str], ...]] = _LRU(min(settings.cache_entries, SEGMENTED_MESSAGES))
@@ -167,6 +174,7 @@ class ProbeScorer:
         """Load the backbone and heads; raise ProbeError (with a hint) when anything is missing or malformed."""
         settings = settings or ProbeSettings()
         set_threads(settings.threads if settings.threads is not None else default_threads())
+        # Opened at fp32 (no weights prepared twice): the precision is chosen below, once the heads are known.
         backbone = open_model(settings.backbone, max_length=settings.max_length, device=settings.device)
         directory = settings.heads_dir or PROBES_DIR / backbone.name
         loaded = {
@@ -179,6 +187,9 @@ class ProbeScorer:
             )
             for name in heads
         }
+        # Only a precision every head was trained on or validated for: another would move the scores unmeasured.
+        validated = frozenset.intersection(*(h.validated_precisions for h in loaded.values())) if loaded else None
+        backbone.set_precision(choose(settings.precision, backbone.device, validated, backbone.implemented_precisions))
         return cls(settings, backbone, loaded, "ready")
 
     @classmethod
@@ -199,6 +210,11 @@ class ProbeScorer:
     @property
     def ready(self) -> bool:
         return self._worker is not None
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the backbone runs (fp32, bf16, int8), None when the probe is off."""
+        return None if self.backbone is None else self.backbone.precision
 
     # -- scoring --------------------------------------------------------------------------------------------------
 
@@ -230,49 +246,50 @@ class ProbeScorer:
         with self._pending_lock:
             self._arriving -= 1
 
-    def _plans(self, items: Sequence[ProbeItem]) -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
+    def _plans(self, items: Sequence[ProbeItem]) -> tuple[list[tuple[str, list[str]]], dict[str, tuple[str, str]]]:
+        """Per item: the call text's key and its segments' keys; and every (head, text) to score, by key."""
         plans: list[tuple[str, list[str]]] = []
-        wanted: dict[str, str] = {}
-        risk_input = self.heads["risk"].input if "risk" in self.heads else ""
+        wanted: dict[str, tuple[str, str]] = {}
         for item in items:
-            call_text = item.risk_text(risk_input)
-            call_key = _key(call_text)
-            wanted[call_key] = call_text
+            call_key = ""
+            if "risk" in self.heads:
+                call_text = item.risk_text(self.heads["risk"].input)
+                call_key = _key("risk", call_text)
+                wanted[call_key] = ("risk", call_text)
             segment_keys = []
-            for text in item.untrusted:
-                for key, segment in self._segments_of(text):
-                    wanted[key] = segment
-                    segment_keys.append(key)
+            if "injection" in self.heads:
+                for text in item.untrusted:
+                    for key, segment in self._segments_of(text):
+                        wanted[key] = ("injection", segment)
+                        segment_keys.append(key)
             plans.append((call_key, segment_keys))
         return plans, wanted
 
     def _segments_of(self, text: str) -> tuple[tuple[str, str], ...]:
         """(key, text) of each segment of one untrusted message, cut once per distinct message."""
-        message_key = _key(text)
+        message_key = _key("message", text)
         found = self._segmented.get(message_key)
         if found is None:
-            found = tuple((_key(segment.text), segment.text) for segment in segments(text))
+            found = tuple((_key("injection", segment.text), segment.text) for segment in segments(text))
             self._segmented.put(message_key, found)
         return found
 
     def _results(
         self,
         plans: list[tuple[str, list[str]]],
-        known: dict[str, tuple[float | None, ...]],
+        known: dict[str, float],
         unknown: dict[str, float | None],
     ) -> list[dict[str, float | None]]:
         results = []
         for call_key, segment_keys in plans:
             result = dict(unknown)
-            call_scores = known.get(call_key)
-            if "risk" in self.heads and call_scores is not None:
-                result["risk"] = call_scores[self._order.index("risk")]
+            if "risk" in self.heads:
+                result["risk"] = known.get(call_key)
             if "injection" in self.heads:
-                index = self._order.index("injection")
                 values = [known.get(key) for key in segment_keys]
                 # Any unknown segment makes the whole message unknown: the max of what we saw is no upper bound.
                 if all(v is not None for v in values):
-                    result["injection"] = max((v[index] for v in values if v is not None), default=0.0)  # type: ignore[type-var]
+                    result["injection"] = max((v for v in values if v is not None), default=0.0)
             results.append(result)
         return results
 
@@ -285,19 +302,14 @@ class ProbeScorer:
         if "injection" not in self.heads:
             return [(s.start, s.end, None) for s in segments(text)]
         cut = segments(text)
-        keys = {_key(s.text): s.text for s in cut}
+        keys = {_key("injection", s.text): ("injection", s.text) for s in cut}
         known = {key: value for key in keys if (value := self._cache.get(key)) is not None}
-        missing = {key: t for key, t in keys.items() if key not in known}
+        missing = {key: job for key, job in keys.items() if key not in known}
         if missing and self.ready:
             known.update(self._wait(missing))
-        index = self._order.index("injection")
-        out: list[tuple[int, int, float | None]] = []
-        for segment in cut:
-            scores = known.get(_key(segment.text))
-            out.append((segment.start, segment.end, None if scores is None else scores[index]))
-        return out
+        return [(s.start, s.end, known.get(_key("injection", s.text))) for s in cut]
 
-    def _wait(self, missing: dict[str, str], *, arriving: bool = False) -> dict[str, tuple[float | None, ...]]:
+    def _wait(self, missing: dict[str, tuple[str, str]], *, arriving: bool = False) -> dict[str, float]:
         """Queue the texts and wait for their scores. `arriving`: the caller counted itself in `_arriving`."""
         try:
             with self._pending_lock:
@@ -346,7 +358,7 @@ class ProbeScorer:
             self._serve(batch)
 
     def _serve(self, batch: list[_Request]) -> None:
-        texts: dict[str, str] = {}
+        texts: dict[str, tuple[str, str]] = {}
         for request in batch:
             texts.update(request.texts)
         try:
@@ -363,26 +375,26 @@ class ProbeScorer:
             for request in batch:
                 request.future.set_result({key: scores[key] for key in request.texts})
 
-    def _compute(self, texts: dict[str, str]) -> dict[str, tuple[float | None, ...]]:
+    def _compute(self, texts: dict[str, tuple[str, str]]) -> dict[str, float]:
         from aegis_proxy.probe.features import length_buckets, pool
 
         assert self.backbone is not None
-        out: dict[str, tuple[float | None, ...]] = {}
+        out: dict[str, float] = {}
         for key in texts:  # another caller's batch may have scored some of these meanwhile
             cached = self._cache.get(key)
             if cached is not None:
                 out[key] = cached
-        todo = [key for key in texts if key not in out]
-        for bucket in length_buckets([len(texts[key]) for key in todo], self.settings.max_batch):
-            chunk = [todo[i] for i in bucket]
-            states, mask = self.backbone.hidden_states([texts[key] for key in chunk], upto=self._upto)
-            features = pool(states, mask).float().cpu()
-            self.batches += 1
-            per_head = [self.heads[name].score(features).tolist() for name in self._order]
-            for row, key in enumerate(chunk):
-                value = tuple(float(scores[row]) for scores in per_head)
-                self._cache.put(key, value)
-                out[key] = value
+        for name, head in self.heads.items():
+            todo = [key for key, (wanted, _) in texts.items() if wanted == name and key not in out]
+            for bucket in length_buckets([len(texts[key][1]) for key in todo], self.settings.max_batch):
+                chunk = [todo[i] for i in bucket]
+                # Only as deep as this head reads, and only those layers pooled.
+                states, mask = self.backbone.hidden_states([texts[key][1] for key in chunk], upto=head.max_layer)
+                features = pool(states[: head.max_layer + 1], mask).float().cpu()
+                self.batches += 1
+                for key, score in zip(chunk, head.score(features).tolist(), strict=True):
+                    self._cache.put(key, float(score))
+                    out[key] = float(score)
         return out
 
     def close(self) -> None:
@@ -397,6 +409,7 @@ class ProbeScorer:
         return {
             "status": self.status,
             "backbone": None if self.backbone is None else self.backbone.name,
+            "precision": self.precision,
             "heads": {name: head.spec.label for name, head in self.heads.items()},
             "thresholds": {name: head.threshold for name, head in self.heads.items()},
             "cache_entries": len(self._cache),
