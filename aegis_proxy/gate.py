@@ -232,7 +232,9 @@ class Gate:
 
         A small call (arguments and conversation within `INLINE_MAX_CHARS`, no probe) is judged right here: the
         firewall is pure and takes a fraction of a millisecond, less than handing the call to a worker thread and back.
-        Only its audit record goes to the writer thread, and the loop serves other flows until the record is durable.
+        Its audit record goes to the writer thread, and the loop serves other flows until the record is durable; or,
+        when the writer is idle and an append cannot wait or fsync (SQLite, `audit.sync = "normal"`), it is appended
+        right here (AuditWriter.append_async).
         Whatever may take long or block runs in a worker thread, as `decide`: the probe, large calls, the approvals
         database of an ask, writing a failure."""
         if not self._inline(call, context):
@@ -789,11 +791,15 @@ def open_probe(config: AegisConfig) -> Scorer | None:
         return None
     from aegis_proxy.probe import ProbeScorer, ProbeSettings  # imports no torch; loading the model does
 
+    probe = config.probe
     scorer = ProbeScorer.open(
-        ProbeSettings(backbone=config.probe.backbone, heads_dir=config.probe.heads_dir, timeout_s=config.probe.timeout)
+        ProbeSettings(
+            backbone=probe.backbone, heads_dir=probe.heads_dir, timeout_s=probe.timeout, precision=probe.precision
+        )
     )
     if scorer.ready:
-        log.info("aegis: probe %s ready (heads: %s)", config.probe.backbone, ", ".join(sorted(scorer.heads)))
+        heads = ", ".join(sorted(scorer.heads))
+        log.info("aegis: probe %s ready (heads: %s; precision %s)", probe.backbone, heads, scorer.precision)
     else:
         log.warning("aegis: probe %s is off, every score is unknown: %s", config.probe.backbone, scorer.status)
     return scorer

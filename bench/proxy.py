@@ -1,6 +1,6 @@
 """Proxy overhead, measured in one run: the same requests go direct, through bare mitmproxy, and through aegis.
 
-    .venv/bin/python bench/proxy.py [--requests 400] [--audit-db URL] [--compare DIR]
+    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--audit-db URL] [--compare DIR]
 
 Upstream: the scripted local LLM (aegis_proxy.demo.upstream), answering a chat completion that carries one tool
 call (`ls -la`, allowed by the default policy, so every aegis request runs the whole path: parse, check, a durable
@@ -8,8 +8,10 @@ signed audit record, forward). Bare mitmproxy runs reverse mode to the same upst
 what `aegis run` gives itself (SSE passed on as it arrives, lazy upstream connections, gc.freeze once running);
 aegis runs without its admin listener (`--admin off`), which bare mitmproxy has no counterpart of.
 Rounds interleave the paths so that machine noise hits them alike. Prints p50/p99 latency, requests/s (one client,
-sequential), the time to the first streamed text token (each stream read to its end, so connections stay open) and
-each proxy's CPU time per request (steadier than latency on a shared machine), then aegis minus bare mitmproxy.
+sequential; `--clients K`: K clients send at once in each round, so that requests/s shows throughput under load), the
+time to the first streamed text token (each stream read to its end, so connections stay open) and each proxy's CPU time
+per request (steadier than latency on a shared machine; all threads, and the event loop's thread alone), then aegis
+minus bare mitmproxy.
 `--compare DIR` (repeatable) adds aegis run from another tree, e.g. the previous commit: a change's effect in one run.
 On a shared machine run it as `chrt -f 10 python bench/proxy.py ...` so that other jobs do not preempt it.
 """
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -67,14 +70,20 @@ class Proxy:
     pid: int
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), None elsewhere. On a shared machine the CPU a proxy
-    spends per request is steadier than its latency, which also holds the time it waited for a core."""
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """User + system CPU time of a process so far, all threads and its main thread (Linux /proc), None elsewhere. On a
+    shared machine the CPU a proxy spends per request is steadier than its latency, which also holds the time it waited
+    for a core. The main thread runs mitmproxy's event loop; aegis's other threads are the audit writer's, above all."""
+
+    def ticks(stat: Path) -> int:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        every, main = ticks(Path(f"/proc/{pid}/stat")), ticks(Path(f"/proc/{pid}/task/{pid}/stat"))
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return every / os.sysconf("SC_CLK_TCK"), main / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -122,19 +131,32 @@ def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM) -> flo
     return first
 
 
-def summarise(name: str, samples: list[float]) -> dict[str, float]:
+def burst(pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, llm: ScriptedLLM) -> list[float]:
+    """One request from each client at the same time; their latencies. One client sends from this thread: no hand-off
+    in its requests/s."""
+    if len(clients) == 1:
+        return [timed_request(clients[0], url, llm)]
+    return list(pool.map(lambda client: timed_request(client, url, llm), clients))
+
+
+def summarise(samples: list[float], wall: float, clients: int) -> dict[str, float]:
+    """Latency percentiles and requests/s: over the requests' own time for one client (as before --clients), over the
+    rounds' wall time for several (requests overlap)."""
     ms = [s * 1000 for s in samples]
     return {
         "p50": percentile(ms, 0.50),
         "p99": percentile(ms, 0.99),
-        "rps": len(ms) / (sum(ms) / 1000),
+        "rps": len(ms) / (sum(ms) / 1000 if clients == 1 else wall),
         "mean": statistics.fmean(ms),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=400, help="requests per path (default 400)")
+    parser.add_argument("--requests", type=int, default=400, help="rounds per path (default 400)")
+    parser.add_argument(
+        "--clients", type=int, default=1, help="clients sending at once in each latency round (default 1; TTFT: 1)"
+    )
     parser.add_argument("--audit-db", help="audit log URL for aegis (default: SQLite in a temp dir)")
     parser.add_argument(
         "--compare",
@@ -166,7 +188,9 @@ def main() -> None:
             process(aegis_cmd(normal_port, "normal"), normal_port, data_dir) as aegis_normal,
             contextlib.ExitStack() as stack,
             httpx.Client() as client,
+            ThreadPoolExecutor(args.clients) as pool,
         ):
+            clients = [client] + [stack.enter_context(httpx.Client()) for _ in range(args.clients - 1)]
             paths: dict[str, str] = {
                 "direct": f"{llm.url}/v1/chat/completions",
                 "mitmproxy": f"{bare.url}/v1/chat/completions",
@@ -183,12 +207,13 @@ def main() -> None:
                 )
                 paths[name] = f"{other.url}/openai/v1/chat/completions"
                 pids[name] = other.pid
-            measure: dict[str, Callable[[str], float]] = {
-                "latency": lambda url: timed_request(client, url, llm),
-                "ttft": lambda url: time_to_first_token(client, url, llm),
+            measure: dict[str, Callable[[str], list[float]]] = {
+                "latency": lambda url: burst(pool, clients, url, llm),
+                "ttft": lambda url: [time_to_first_token(client, url, llm)],
             }
             samples: dict[tuple[str, str], list[float]] = {(m, p): [] for m in measure for p in paths}
-            cpu_ms: dict[str, float | None] = dict.fromkeys(paths)
+            wall: dict[str, float] = dict.fromkeys(paths, 0.0)  # seconds spent in latency rounds, per path
+            cpu_ms: dict[str, tuple[float, float] | None] = dict.fromkeys(paths)  # (all threads, event loop)
             for kind, run in measure.items():
                 for url in paths.values():  # warm up connections and caches
                     for _ in range(20):
@@ -197,22 +222,29 @@ def main() -> None:
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 for _ in range(rounds):
                     for name, url in paths.items():
-                        samples[(kind, name)].append(run(url))
+                        started = time.perf_counter()
+                        samples[(kind, name)].extend(run(url))
+                        wall[name] += time.perf_counter() - started
                 if kind == "latency":
+                    sent = rounds * args.clients
                     for name, pid in pids.items():
                         before, after = cpu_before[name], cpu_seconds(pid)
                         if before is not None and after is not None:
-                            cpu_ms[name] = (after - before) * 1000 / rounds
+                            cpu_ms[name] = (
+                                (after[0] - before[0]) * 1000 / sent,
+                                (after[1] - before[1]) * 1000 / sent,
+                            )
 
-    print(f"proxy overhead, {args.requests} requests per path, one sequential client, audit log: {audit}")
+    who = "one sequential client" if args.clients == 1 else f"{args.clients} clients at once"
+    print(f"proxy overhead, {args.requests * args.clients} requests per path, {who}, audit log: {audit}")
     width = max(len(name) for name in paths) + 2
-    print(f"{'path':<{width}}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'TTFT p50 ms':>14}{'CPU ms/req':>12}")
-    table = {name: summarise(name, samples[("latency", name)]) for name in paths}
+    print(f"{'path':<{width}}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'TTFT p50 ms':>14}{'CPU ms/req':>12}{'loop':>8}")
+    table = {name: summarise(samples[("latency", name)], wall[name], args.clients) for name in paths}
     ttft = {name: percentile([s * 1000 for s in samples[("ttft", name)]], 0.5) for name in paths}
     for name in paths:
         row, cpu = table[name], cpu_ms[name]
-        shown = "-" if cpu is None else f"{cpu:.2f}"
-        print(f"{name:<{width}}{row['p50']:>10.2f}{row['p99']:>10.2f}{row['rps']:>10.0f}{ttft[name]:>14.2f}{shown:>12}")
+        shown = "-       -" if cpu is None else f"{cpu[0]:.2f}{cpu[1]:>8.2f}"
+        print(f"{name:<{width}}{row['p50']:>10.2f}{row['p99']:>10.2f}{row['rps']:>10.0f}{ttft[name]:>14.2f}{shown:>20}")
     for name in paths:
         if not name.startswith("aegis"):
             continue
@@ -220,7 +252,12 @@ def main() -> None:
         added_p99 = table[name]["p99"] - table["mitmproxy"]["p99"]
         added_ttft = ttft[name] - ttft["mitmproxy"]
         cpu, bare_cpu = cpu_ms[name], cpu_ms["mitmproxy"]
-        added_cpu = "" if cpu is None or bare_cpu is None else f", CPU {cpu - bare_cpu:+.2f} ms/req"
+        added_cpu = (
+            ""
+            if cpu is None or bare_cpu is None
+            else f", CPU {cpu[0] - bare_cpu[0]:+.2f} ms/req (event loop {cpu[1] - bare_cpu[1]:+.2f}, other threads "
+            f"{cpu[0] - cpu[1] - (bare_cpu[0] - bare_cpu[1]):+.2f})"
+        )
         print(
             f"{name} adds over bare mitmproxy: p50 {added_p50:+.2f} ms (target <= 0.5), p99 {added_p99:+.2f} ms "
             f"(target <= 2), time to first token {added_ttft:+.2f} ms{added_cpu}"

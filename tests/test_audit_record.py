@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 
 import pytest
 import rfc8785
@@ -21,11 +22,13 @@ from aegis_proxy.audit.record import (
     ZERO_HASH,
     FindingSummary,
     RecordBody,
+    RecordSigner,
     RotationInfo,
     SignedRecord,
-    _canonical_json,
     args_commitment,
+    canonical_arguments,
     canonical_body,
+    canonical_json,
     format_time,
     leaf_hash,
     parse_body,
@@ -247,6 +250,8 @@ def test_args_commitment() -> None:
         args_commitment(b"short", {})
     with pytest.raises(AuditError, match="canonicalised"):
         args_commitment(nonce, {"x": float("nan")})
+    with pytest.raises(AuditError, match="canonicalised"):
+        args_commitment(nonce, {1: "x"})  # json.dumps would write "1"; JCS has no such key
 
 
 @pytest.mark.parametrize(("score", "ppm"), [(0.0, 0), (0.87, 870_000), (1.0, 1_000_000), (1.5, 1_000_000), (-2, 0)])
@@ -276,6 +281,15 @@ def test_verify_good_record() -> None:
 def test_sign_refuses_a_key_the_body_does_not_name() -> None:
     with pytest.raises(AuditError, match="signed with"):
         sign_record(BODY, OTHER_KEY)
+    with pytest.raises(AuditError, match="signed with"):
+        RecordSigner.of(OTHER_KEY).sign(BODY)
+
+
+def test_record_signer_signs_as_sign_record() -> None:
+    signer = RecordSigner.of(KEY)
+    assert signer.key_id == KEY_ID
+    assert signer.sign(BODY) == SIGNED  # Ed25519 is deterministic: the same bytes and signature
+    assert verify_record(signer.sign(BODY), TRUSTED) == BODY
 
 
 def _with(**changes: object) -> SignedRecord:
@@ -386,7 +400,7 @@ JSON_VALUES = st.recursive(
 @settings(max_examples=500)
 @given(value=JSON_VALUES)
 def test_fast_canonical_path_matches_rfc8785(value: object) -> None:
-    assert _canonical_json(value) == rfc8785.dumps(value)
+    assert canonical_json(value) == rfc8785.dumps(value)
 
 
 @pytest.mark.parametrize(
@@ -400,13 +414,53 @@ def test_fast_canonical_path_matches_rfc8785(value: object) -> None:
     ids=["non-bmp-key-order", "escapes", "float", "int-bounds"],
 )
 def test_fast_canonical_path_edge_cases(value: object) -> None:
-    assert _canonical_json(value) == rfc8785.dumps(value)
+    assert canonical_json(value) == rfc8785.dumps(value)
 
 
-@pytest.mark.parametrize("value", [{"a": 2**53}, {"a": "\ud800"}, {"a": float("nan")}], ids=["int", "surrogate", "nan"])
+# Tool arguments as the wire modules hand them over: any JSON, plus what a buggy caller might pass (keys that are
+# not strings, tuples, floats), which the fast path must either write exactly as rfc8785 does or leave to it.
+ARGUMENT_KEYS = st.text(max_size=8) | st.integers(-3, 3) | st.booleans() | st.none() | st.floats(allow_nan=False)
+ARGUMENT_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text() | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        | st.dictionaries(ARGUMENT_KEYS, inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+def _outcome(dump: Callable[[object], bytes], value: object) -> bytes | str:
+    try:
+        return dump(value)
+    except rfc8785.CanonicalizationError:
+        return "refused"
+
+
+@settings(max_examples=500)
+@given(value=ARGUMENT_VALUES)
+def test_canonical_json_is_rfc8785_for_any_arguments(value: object) -> None:
+    assert _outcome(canonical_json, value) == _outcome(rfc8785.dumps, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": 2**53}, {"a": "\ud800"}, {"a": float("nan")}, {1: "x"}, {"a": {None: 1}}, {True: 1}, [{"b": 1, 2: 3}]],
+    ids=["int", "surrogate", "nan", "int-key", "none-key-nested", "bool-key", "mixed-keys"],
+)
 def test_canonical_json_refuses_like_rfc8785(value: object) -> None:
     with pytest.raises(rfc8785.CanonicalizationError):
-        _canonical_json(value)
+        rfc8785.dumps(value)
+    with pytest.raises(rfc8785.CanonicalizationError):
+        canonical_json(value)
+
+
+@pytest.mark.parametrize("value", [{1: "x"}, {"a": float("inf")}, {"a": 2**53}], ids=["int-key", "inf", "big-int"])
+def test_canonical_arguments_refuse_with_an_audit_error(value: object) -> None:
+    with pytest.raises(AuditError, match="arguments cannot be canonicalised"):
+        canonical_arguments(value)
 
 
 @pytest.mark.parametrize("model", [RecordBody, FindingSummary, RotationInfo])

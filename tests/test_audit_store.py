@@ -479,6 +479,53 @@ def test_parallel_verification_reports_what_sequential_does(
         assert caught.value.index == (seq + 1 if mutation == "delete" else seq)  # a gap is reported where found
 
 
+def _column_variants(value: object, other: object) -> list[object]:
+    """What a tamperer (or a sqlite3 shell) can leave in one column: other types, near values, another row's value."""
+    variants: list[object] = [None, 0, -1, 2**70, 1.5, True, "", b"", "x", b"x", other]
+    if isinstance(value, bytes):
+        variants += [value[:-1], value + b"\0", bytes([value[0] ^ 1]) + value[1:], value.hex(), bytearray(value)]
+        variants.append(memoryview(value))  # the same bytes in another wrapper: the reference accepts it
+    if isinstance(value, str):
+        variants += [value.encode(), value.upper(), value + " ", value[:-1], value + "\udc80"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        variants += [value + 1, value - 1, float(value), str(value)]
+    return variants
+
+
+def test_quick_row_check_never_passes_what_the_reference_refuses(store: AuditStore) -> None:
+    """verify_rows checks a row with _passes_plainly and only falls back to _check_row when it says no: for every
+    single-column mutation of every row, the quick check passes a row only if the reference does, with the same leaf
+    hash, and it does pass untouched ordinary rows (otherwise verification would silently lose its speed)."""
+    store.append([decision(n=i) for i in range(3)])
+    store.rotate(NEW_KEY)
+    store.append([decision(effect="allow", n=i) for i in range(2)])
+    trusted = rotation_trust(3)
+    with store.engine.connect() as conn:
+        rows = [store_module._without_memoryviews(r) for r in conn.execute(store_module.verify_query(store.origin))]
+    origin, checked, quick = store.origin, 0, 0
+    for seq, row in enumerate(rows):
+        prev_leaf = rows[seq - 1][3] if seq else None
+        reference = store_module._check_row(row, seq, prev_leaf, origin, trusted)
+        untouched = store_module._passes_plainly(row, seq, prev_leaf, origin, trusted)
+        assert untouched == (None if seq == 3 else reference)  # seq 3 is the rotation: always the reference's
+        cases = [(row, seq + 1, prev_leaf, origin), (row, seq, rows[seq - 2][3] if seq > 1 else b"\0" * 32, origin)]
+        cases.append((row, seq, prev_leaf, origin + "x"))
+        for column, value in enumerate(row):
+            for variant in _column_variants(value, rows[(seq + 1) % len(rows)][column]):
+                mutated = (*row[:column], variant, *row[column + 1 :])
+                cases += [(mutated, seq, prev_leaf, origin), (mutated, seq, prev_leaf, None)]
+        for values, expected_seq, prev, chain_origin in cases:
+            try:
+                expected: bytes | None = store_module._check_row(values, expected_seq, prev, chain_origin, trusted)
+            except VerificationError:
+                expected = None
+            got = store_module._passes_plainly(values, expected_seq, prev, chain_origin, trusted)
+            assert got is None or got == expected, (seq, values, expected_seq, chain_origin)
+            checked += 1
+            quick += got is not None
+    assert checked > 900 and quick > 0
+
+
 @pytest.mark.parametrize(
     "arguments",
     [{}, {"command": "ls -la"}, {"path": "caf\u00e9/\u2603", "n": [1, 2, {"deep": None}], "flag": True}],

@@ -33,12 +33,15 @@ class CountingStore(AuditStore):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.batches: list[int] = []
+        self.threads: list[str] = []  # the thread of each append that wrote (append_now: the caller's)
         self.ticks = 0
         self.tick_error: Exception | None = None
 
-    def append(self, entries: Sequence[AppendEntry]) -> list[int]:
+    def append(self, entries: Sequence[AppendEntry], *, wait: bool = True) -> list[int]:
+        seqs = super().append(entries, wait=wait)
         self.batches.append(len(entries))
-        return super().append(entries)
+        self.threads.append(threading.current_thread().name)
+        return seqs
 
     def checkpoint_if_due(self) -> None:
         self.ticks += 1
@@ -238,10 +241,13 @@ class HeldDatabase:
     def __init__(self, path: Path) -> None:
         self.connection = sqlite3.connect(path, isolation_level=None)
         self.connection.execute("BEGIN EXCLUSIVE")
+        self.released = False
 
     def release(self) -> None:
-        self.connection.execute("ROLLBACK")
-        self.connection.close()
+        if not self.released:
+            self.released = True
+            self.connection.execute("ROLLBACK")
+            self.connection.close()
 
 
 def wait_running(future: Future[int]) -> None:
@@ -274,6 +280,38 @@ def test_full_queue_fails_fast(tmp_path: Path) -> None:
     store.close()
 
 
+def test_the_queue_bound_holds_under_concurrent_submitters(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    store = CountingStore(f"sqlite:///{path}", origin="test/bound", signer_key=KEY, replica="r1")
+    writer = AuditWriter(store, max_queue=5, max_batch=1)
+    held = HeldDatabase(path)
+    accepted: list[Future[int]] = []
+    refused: list[AuditError] = []
+
+    def submit(n: int) -> None:
+        try:
+            accepted.append(writer.submit(entry(n)))
+        except AuditError as error:
+            refused.append(error)
+
+    try:
+        first = writer.submit(entry(0))
+        wait_running(first)  # taken by the thread, no longer queued
+        threads = [threading.Thread(target=submit, args=(n,)) for n in range(1, 21)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert (len(accepted), len(refused)) == (5, 15)
+        assert all("queue is full" in error.message for error in refused)
+    finally:
+        held.release()
+    assert sorted(future.result(30) for future in [first, *accepted]) == list(range(6))
+    writer.close()
+    verify_chain(store, TRUSTED)
+    store.close()
+
+
 @pytest.mark.parametrize("how", ["sync", "async"])
 def test_a_late_commit_times_out_and_the_queued_entry_is_withdrawn(tmp_path: Path, how: str) -> None:
     path = tmp_path / "audit.db"
@@ -293,6 +331,36 @@ def test_a_late_commit_times_out_and_the_queued_entry_is_withdrawn(tmp_path: Pat
     assert first.result(30) == 0
     writer.close()
     assert store.head()[0] == 0  # the timed-out entry was still queued: withdrawn, never written
+    store.close()
+
+
+def test_a_cancelled_async_append_withdraws_its_queued_entry(tmp_path: Path) -> None:
+    """The awaiting flow goes away (its task is cancelled) while the entry still waits in the queue: never written."""
+    path = tmp_path / "audit.db"
+    store = CountingStore(f"sqlite:///{path}", origin="test/cancel", signer_key=KEY, replica="r1")
+    writer = AuditWriter(store, max_batch=1)
+    held = HeldDatabase(path)
+
+    async def cancel_while_queued() -> bool:
+        task = asyncio.ensure_future(writer.append_async(entry(1), timeout=30))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    try:
+        first = writer.submit(entry(0))
+        wait_running(first)
+        assert asyncio.run(cancel_while_queued())
+    finally:
+        held.release()
+    assert first.result(30) == 0
+    assert writer.append_sync(entry(2)) == 1  # the writer carries on; seq 1 went to this entry, not the withdrawn one
+    writer.close()
+    verify_chain(store, TRUSTED)
     store.close()
 
 

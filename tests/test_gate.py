@@ -528,3 +528,24 @@ def test_probe_off_by_default_and_an_unloadable_probe_runs_switched_off(tmp_path
         outcome = gate.decide(call, CallContext())
     assert outcome.effect == "allow"  # the default policy does not need the probe's scores
     assert outcome.decision.scores == {"risk": None, "injection": None}
+
+
+@pytest.mark.parametrize(
+    ("precision", "ready", "runs"),
+    [("fp32", True, "fp32"), ("int8", False, None)],  # the shipped call-risk head's card refuses int8
+    ids=["fp32", "int8-refused"],
+)
+def test_probe_precision_from_the_config_reaches_the_scorer(
+    tmp_path: Path, precision: str, ready: bool, runs: str | None
+) -> None:
+    from aegis_proxy.gate import open_probe
+
+    config = load_config(None, {"data_dir": str(tmp_path), "probe.backbone": "minilm", "probe.precision": precision})
+    scorer = open_probe(config)
+    assert scorer is not None
+    try:
+        assert (scorer.ready, scorer.precision) == (ready, runs)
+        if not ready:
+            assert "int8" in scorer.status
+    finally:
+        scorer.close()

@@ -19,8 +19,9 @@ from mitmproxy.test import taddons, tflow, tutils
 from aegis_proxy.config import load_config
 from aegis_proxy.demo.upstream import Reply, chat_completion, chat_stream
 from aegis_proxy.gate import Gate
-from aegis_proxy.proxy.addon import FAILED_KEY, AegisAddon, SafeStream, error_body, stream_error_event
+from aegis_proxy.proxy.addon import FAILED_KEY, AegisAddon, SafeStream, error_body, retarget, stream_error_event
 from aegis_proxy.proxy.openai_chat import OpenAIChat
+from aegis_proxy.proxy.routes import RouteTable
 
 UPSTREAM = "http://127.0.0.1:9"  # never contacted: these tests drive hooks by hand
 REQUEST = {"model": "m", "messages": [{"role": "user", "content": "list my files"}]}
@@ -335,3 +336,35 @@ def test_a_retrieved_stored_response_is_decided_like_a_fresh_one(gate: Gate) -> 
     output = json.loads(flow.response.content)["output"]
     assert not [item for item in output if item["type"] == "function_call"]
     assert [(r["tool"], r["decision"]) for r in _audited(gate)] == [("run_shell", "deny")]
+
+
+def _request(version: str, authority: str, host_header: bool) -> http.Request:
+    headers = ((b"Host", b"127.0.0.1:8080"),) if host_header else ()
+    return http.Request(
+        "127.0.0.1", 8080, b"POST", b"http", authority.encode(), b"/openai/v1/chat/completions?x=1",
+        version.encode(), http.Headers(headers), b"{}", None, 0.0, None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "authority", "host_header"),
+    [
+        ("HTTP/1.1", "", True),  # origin-form, the usual reverse-mode request
+        ("HTTP/1.1", "127.0.0.1:8080", True),  # absolute-form
+        ("HTTP/1.1", "", False),
+        ("HTTP/2.0", "127.0.0.1:8080", False),  # :authority is HTTP/2's Host
+        ("HTTP/2.0", "127.0.0.1:8080", True),
+    ],
+)
+@pytest.mark.parametrize("upstream", ["http://10.0.0.7:9000/base", "https://api.example.com", "http://example.com"])
+def test_retarget_is_the_setters_in_one_step(version: str, authority: str, host_header: bool, upstream: str) -> None:
+    target = RouteTable.parse([f"openai={upstream}"]).reverse("/openai/v1/chat/completions?x=1")
+    assert target is not None
+    route = target.route
+    expected = _request(version, authority, host_header)
+    expected.scheme, expected.host, expected.port = route.scheme, route.host, route.port
+    expected.path = target.path
+    expected.host_header = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
+    actual = _request(version, authority, host_header)
+    retarget(actual, target)
+    assert actual.get_state() == expected.get_state()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from mitmproxy.http import Headers
 
 from aegis_proxy.models import Message, Role
-from aegis_proxy.proxy.identity import agent_id, session_id
+from aegis_proxy.proxy.identity import agent_id, identity_headers, session_id
 
 CONVERSATION = (
     Message(role=Role.SYSTEM, content="You are a coding agent."),
@@ -49,3 +50,22 @@ def test_agent_header_wins_and_keys_differ() -> None:
     assert agent_id({"x-aegis-agent": "ci-bot", "authorization": "Bearer a"}) == "ci-bot"
     assert agent_id({"authorization": "Bearer a"}) != agent_id({"authorization": "Bearer b"})
     assert agent_id({}) is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"Authorization", b"Bearer sk-1"), (b"Content-Type", b"application/json")],
+        [(b"X-Aegis-Session", b"s-1"), (b"x-aegis-agent", b"bot-7"), (b"x-api-key", b"k")],
+        [(b"x-aegis-session", b"a"), (b"X-AEGIS-SESSION", b"b")],  # repeated: joined, so unusable as a label
+        [(b"api-key", b"\xff\xfe raw bytes"), (b"authorization", b"")],
+        [(b"Accept", b"*/*")],
+    ],
+)
+def test_identity_headers_read_what_mitmproxy_headers_read(fields: list[tuple[bytes, bytes]]) -> None:
+    headers = Headers(fields)
+    picked = identity_headers(fields)
+    assert agent_id(picked) == agent_id(headers)
+    assert session_id(picked, CONVERSATION) == session_id(headers, CONVERSATION)
+    for name in ("x-aegis-session", "x-aegis-agent", "authorization", "x-api-key", "api-key"):
+        assert picked.get(name) == headers.get(name)

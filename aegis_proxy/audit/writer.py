@@ -4,7 +4,8 @@ Callers `submit(entry)` and get a future of the record's seq (`append_sync` wait
 an event loop); the writer thread drains the queue into batches of up to `max_batch` entries and appends each batch in
 one transaction, so N concurrent calls cost about one commit (one fsync) instead of N. An idle writer commits a lone
 entry at once (`linger` 0: no batch window). A caller applies its effect only after its future resolved: the record is
-durable by then.
+durable by then. One exception to the hand-off: on an event loop, with quick appends (SQLite, `sync = "normal"`) and
+an idle writer, `append_async` appends on the loop itself (`append_now`), which costs less than the round trip.
 
 Fail closed, fast: a full queue, a closed writer or an entry the record schema refuses raises AuditError at `submit`
 (the call is denied at once, and a bad entry never poisons a batch of good ones); a batch the store cannot write fails
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import queue
 import threading
@@ -29,7 +31,7 @@ from sqlalchemy import Engine
 
 from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.record import ZERO_HASH, format_time
-from aegis_proxy.audit.store import AppendEntry, AuditStore
+from aegis_proxy.audit.store import AppendEntry, AppendWouldWait, AuditStore
 
 log = logging.getLogger("aegis_proxy.audit")
 
@@ -43,6 +45,28 @@ def _not_committed(timeout: float) -> AuditError:
     return AuditError(
         f"the audit record was not committed within {timeout:g} s", hint="the call is denied; check the audit database"
     )
+
+
+def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[int], done: Future[int]) -> None:
+    """Runs where `done` completes (the writer thread, or a canceller): settle `waiter` on its loop."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_settle, waiter, done)
+
+
+def _settle(waiter: asyncio.Future[int], done: Future[int]) -> None:
+    if waiter.done():  # timed out or cancelled meanwhile
+        return
+    if done.cancelled():
+        waiter.cancel()
+    elif (error := done.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(done.result())
+
+
+def _expire(waiter: asyncio.Future[int]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def check_entry(entry: AppendEntry) -> None:
@@ -188,7 +212,11 @@ class AuditWriter:
         self.max_batch = max_batch
         self.linger = linger
         self.checkpoint_interval = checkpoint_interval
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        # SimpleQueue (C): a put wakes the thread without queue.Queue's Python-level Condition (measured in the proxy:
+        # 0.1 ms less CPU and 0.15 ms less latency per request). Bounded in submit, where every put happens under
+        # _close_lock: the size checked there can only shrink before the put.
+        self.max_queue = max_queue
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()  # submit vs close: nothing is enqueued after the stop sentinel
         self._next_checkpoint = time.monotonic() + checkpoint_interval
@@ -196,6 +224,10 @@ class AuditWriter:
         self.wal: WalCheckpointer | None = (
             WalCheckpointer(engine) if isinstance(engine, Engine) and engine.dialect.name == "sqlite" else None
         )
+        # Held by the thread while it commits a batch; a caller appending on its own thread (append_async) takes it
+        # only when it is free, so the two never wait for each other.
+        self._committing = threading.Lock()
+        self.quick = bool(getattr(store, "quick_appends", False))  # see append_async
         self._thread = threading.Thread(target=self._run, name="aegis-audit-writer", daemon=True)
         self._thread.start()
 
@@ -212,12 +244,11 @@ class AuditWriter:
                 raise AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
             if not self._thread.is_alive():
                 raise AuditError("the audit writer thread is not running", hint="the call is denied; restart aegis")
-            try:
-                self._queue.put_nowait((entry, future))
-            except queue.Full:
+            if self._queue.qsize() >= self.max_queue:
                 raise AuditError(
                     "the audit queue is full", hint="the call is denied; the audit database is too slow or down"
-                ) from None
+                )
+            self._queue.put((entry, future))
         return future
 
     def append_sync(self, entry: AppendEntry, timeout: float = 5.0) -> int:
@@ -233,25 +264,71 @@ class AuditWriter:
 
     async def append_async(self, entry: AppendEntry, timeout: float = 5.0) -> int:
         """`append_sync` for an event loop: the loop serves other work until the record is durable, and the writer
-        thread wakes it directly (no worker thread waits in between). Raises AuditError (also on timeout)."""
+        thread wakes it directly (no worker thread waits in between). Raises AuditError (also on timeout).
+
+        The hand-off is one loop future settled by one call_soon_threadsafe, and one timer: measured, 25-30 us less of
+        the loop's CPU per record than asyncio.wrap_future under asyncio.timeout (two futures chained both ways).
+
+        When the store has quick appends (SQLite, `audit.sync = "normal"`: no fsync) and the writer is idle, the
+        record is appended right here instead (`append_now`), which costs the loop the append but saves the round trip
+        through the thread (the pre-check, two thread wake-ups, the futures): measured with bench/proxy.py, 0.35 ms
+        less latency and 0.3 ms less CPU per call, and the same throughput with 8 clients at once."""
+        if self.quick:
+            seq = self.append_now(entry)
+            if seq is not None:
+                return seq
         future = self.submit(entry)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[int] = loop.create_future()
+        future.add_done_callback(functools.partial(_wake, loop, waiter))
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.wrap_future(future)
+            return await waiter
         except TimeoutError:
             future.cancel()  # as in append_sync: withdrawn if not yet taken; the call is denied either way
             raise _not_committed(timeout) from None
+        except asyncio.CancelledError:  # the flow went away: withdraw the entry if the thread has not taken it
+            future.cancel()
+            raise
+        finally:
+            timer.cancel()
+
+    def append_now(self, entry: AppendEntry) -> int | None:
+        """Append on the calling thread if that cannot wait: the store has quick appends, the writer commits nothing
+        and has nothing queued (queued records keep their turn and their group commit), no other thread of this
+        process writes, and no other process holds the database lock. Its seq once durable; None, with nothing
+        written, when any of these does not hold (then `submit`). Raises AuditError as `append_sync` does.
+
+        The same record as through the thread: the store builds, signs and commits it in one transaction and refuses
+        what the pre-check would refuse (AuditError, the call is denied)."""
+        if self._closed:
+            raise AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
+        if not self.quick or not self._committing.acquire(blocking=False):
+            return None
+        try:
+            if self._queue.qsize() or not self._thread.is_alive():
+                return None  # queued records first; a dead thread is reported by submit
+            try:
+                seqs = self.store.append([entry], wait=False)
+            except AppendWouldWait:
+                return None
+            if len(seqs) != 1:
+                raise AuditError(f"store returned {len(seqs)} seqs for 1 record", hint="a store bug")
+            if self.wal is not None:
+                self.wal.committed(1)
+            return seqs[0]
+        finally:
+            self._committing.release()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Flush what is queued, then stop the thread. Idempotent."""
         with self._close_lock:
             if not self._closed:
                 self._closed = True
-                try:  # a full queue drains while we wait; a dead thread never would
-                    self._queue.put(_STOP, timeout=timeout)
-                except queue.Full:
-                    log.error("audit writer: queue still full at close; %d entries not written", self._queue.qsize())
+                self._queue.put(_STOP)  # after everything queued: flushed first
         self._thread.join(timeout)
+        if self._thread.is_alive() or self._queue.qsize():
+            log.error("audit writer: not stopped after %s s; %d entries not written", timeout, self._queue.qsize())
         if self.wal is not None and not self._thread.is_alive():
             self.wal.close(timeout)
 
@@ -282,7 +359,8 @@ class AuditWriter:
                     break
                 stopping = self._take(item, batch)
             if batch:
-                self._commit(batch)
+                with self._committing:
+                    self._commit(batch)
             self._checkpoint()
 
     @staticmethod

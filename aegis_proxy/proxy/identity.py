@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aegis_proxy.models import Message, Role
 
@@ -18,6 +18,20 @@ SESSION_HEADER = "x-aegis-session"
 AGENT_HEADER = "x-aegis-agent"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 _LABEL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: it ends up in logs and terminals
+_READ = frozenset(name.encode() for name in (SESSION_HEADER, AGENT_HEADER, *CREDENTIAL_HEADERS))
+
+
+def identity_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers this module reads, from raw header fields (name, value) in one pass, by lower-case name: a lookup
+    in mitmproxy's Headers scans and decodes every field, and one request needs up to five lookups (measured: about
+    15 us per request). Values are decoded and repeated fields joined with ", " exactly as Headers does."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        lowered = raw_name.lower()
+        if lowered in _READ:
+            name, value = lowered.decode("ascii"), raw_value.decode("utf-8", "surrogateescape")
+            found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
 
 
 def digest_of(domain: str, *parts: str) -> str:

@@ -1,0 +1,222 @@
+"""The raw sqlite3 append path (audit/sqlite_append.py): used for plain SQLite URLs, byte-identical to the SQLAlchemy
+path, the configured durability on its own connection, all-or-nothing transactions, and a new connection after fork.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import multiprocessing
+import sqlite3
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aegis_proxy.audit import store as store_module
+from aegis_proxy.audit.errors import AuditError
+from aegis_proxy.audit.keys import TrustedKey, key_id
+from aegis_proxy.audit.record import FindingSummary
+from aegis_proxy.audit.sqlite_append import BUSY_TIMEOUT, DatabaseBusy, SqliteAppender, database_path
+from aegis_proxy.audit.store import AppendEntry, AuditStore, verify_chain
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+KEY_ID = key_id(KEY.public_key())
+TRUSTED = {KEY_ID: TrustedKey(KEY_ID, KEY.public_key(), 0)}
+ENTRIES = [
+    AppendEntry(type="decision", decision="allow", tool="run_shell", arguments={"cmd": "ls -la"}, session_id="s"),
+    AppendEntry(
+        type="decision",
+        decision="deny",
+        tool="send_email",
+        arguments={"to": "ü@example.com", "n": [1, 2, {"deep": None}]},
+        agent_id="a",
+        rules=("no-exfil",),
+        findings=(FindingSummary(category="network.exfil", severity="high", path="args.to"),),
+        scores={"risk": 900_000},
+    ),
+    AppendEntry(type="policy_reload", rules=("policy.reload",), policy_digest="ab" * 32),
+    AppendEntry(type="approval", decision="allow", tool="run_shell", arguments={}, approver="ops", ref_seq=0),
+]
+
+
+def open_store(url: str, **options: Any) -> AuditStore:
+    return AuditStore(url, origin="test/raw", signer_key=KEY, replica="r1", **options)
+
+
+def rows(path: Path, table: str) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "raw"),
+    [
+        ("sqlite:///audit.db", "audit.db"),
+        ("sqlite+pysqlite:///var/aegis/audit.db", "var/aegis/audit.db"),
+        ("sqlite:////abs/audit.db", "/abs/audit.db"),
+        ("sqlite:///audit.db?timeout=30", None),  # driver options: SQLAlchemy's path honours them
+        ("sqlite:///file:audit.db?mode=rwc&uri=true", None),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("postgresql://u@h/db", None),
+    ],
+)
+def test_which_urls_take_the_raw_path(url: str, raw: str | None) -> None:
+    assert database_path(url) == raw
+
+
+class _FixedClock(dt.datetime):
+    """dt.datetime whose now() steps by one second from a fixed moment: two stores write the same times."""
+
+    ticks = itertools.count()
+
+    @classmethod
+    def now(cls, tz: dt.tzinfo | None = None) -> _FixedClock:
+        moment = dt.datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=dt.UTC) + dt.timedelta(seconds=next(cls.ticks))
+        return cls.fromtimestamp(moment.timestamp(), tz)
+
+
+def _deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    _FixedClock.ticks = itertools.count()
+    monkeypatch.setattr(store_module, "dt", types.SimpleNamespace(datetime=_FixedClock, UTC=dt.UTC))
+    nonces = (bytes([n % 256]) * 32 for n in itertools.count())
+    monkeypatch.setattr(store_module.secrets, "token_bytes", lambda size: next(nonces)[:size])
+
+
+def _write_log(url: str, monkeypatch: pytest.MonkeyPatch) -> AuditStore:
+    _deterministic(monkeypatch)
+    opened = open_store(url, checkpoint_every=3)
+    for entry in ENTRIES:
+        opened.append([entry])
+    opened.append(ENTRIES[:3])  # a batch: one transaction, a checkpoint inside it
+    opened.append([ENTRIES[0]])
+    opened.checkpoint()  # through SQLAlchemy on both: it must continue what the raw path wrote
+    return opened
+
+
+def test_records_are_byte_identical_to_the_sqlalchemy_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw_path, core_path = tmp_path / "raw.db", tmp_path / "core.db"
+    raw = _write_log(f"sqlite:///{raw_path}", monkeypatch)
+    core = _write_log(f"sqlite:///{core_path}?timeout=60", monkeypatch)
+    try:
+        assert raw._sqlite is not None and core._sqlite is None  # each took the path under test
+        for table in ("audit_records", "audit_arguments", "audit_head", "audit_checkpoints"):
+            assert rows(raw_path, table) == rows(core_path, table), table
+        assert [row[1] for row in rows(raw_path, "audit_checkpoints")] == [3, 7, 8]  # by count, then forced
+        verify_chain(raw, TRUSTED)
+    finally:
+        raw.close()
+        core.close()
+
+
+@pytest.mark.parametrize(("sync", "synchronous"), [("full", 2), ("normal", 1)])
+def test_the_raw_connection_has_the_configured_durability(tmp_path: Path, sync: str, synchronous: int) -> None:
+    opened = open_store(f"sqlite:///{tmp_path / 'audit.db'}", sync=sync)
+    try:
+        opened.append([ENTRIES[0]])
+        connection = opened._sqlite._connection if opened._sqlite is not None else None
+        assert connection is not None
+        assert connection.execute("PRAGMA synchronous").fetchone() == (synchronous,)
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert not connection.in_transaction  # committed, not left open
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def raw_store(tmp_path: Path) -> Iterator[AuditStore]:
+    opened = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    yield opened
+    opened.close()
+
+
+def test_a_failed_statement_rolls_back_the_whole_batch(raw_store: AuditStore, tmp_path: Path) -> None:
+    raw_store.append([ENTRIES[0]])
+    other = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    # A stray row where the batch's third record goes: the insert fails after the head row was read and two records
+    # were built, so everything before it in the transaction must be undone.
+    other.execute(
+        "INSERT INTO audit_records (origin, seq, body, leaf_hash, prev_hash, key_id, signature, time, type) "
+        "VALUES ('test/raw', 3, x'00', x'00', x'01', 'k', x'00', 't', 'decision')"
+    )
+    with pytest.raises(AuditError, match="audit append failed: IntegrityError"):
+        raw_store.append(ENTRIES[:3])
+    assert raw_store.head()[0] == 0
+    assert [row[1] for row in rows(tmp_path / "audit.db", "audit_arguments")] == [0]
+    other.execute("DELETE FROM audit_records WHERE seq = 3")
+    other.close()
+    assert raw_store.append(ENTRIES[:3]) == [1, 2, 3]  # the connection is usable again
+    verify_chain(raw_store, TRUSTED)
+
+
+def test_a_missing_head_row_fails_closed(raw_store: AuditStore, tmp_path: Path) -> None:
+    raw_store.append([ENTRIES[0]])
+    other = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    other.execute("DELETE FROM audit_head")
+    other.close()
+    with pytest.raises(AuditError, match=r"audit append failed: LookupError: .* 0 head rows"):
+        raw_store.append([ENTRIES[0]])
+    assert len(rows(tmp_path / "audit.db", "audit_records")) == 1
+
+
+def test_close_closes_the_raw_connection(raw_store: AuditStore) -> None:
+    raw_store.append([ENTRIES[0]])
+    appender = raw_store._sqlite
+    assert appender is not None and appender._connection is not None
+    raw_store.close()
+    assert appender._connection is None
+
+
+def _append_in_child(opened: AuditStore, queue: Any) -> None:
+    try:
+        queue.put(opened.append([ENTRIES[0]]))
+    except Exception as error:  # reported to the parent, which fails the test
+        queue.put(repr(error))
+
+
+def test_a_forked_child_opens_its_own_connection(raw_store: AuditStore) -> None:
+    raw_store.append([ENTRIES[0]])  # the parent's connection exists before the fork
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_append_in_child, args=(raw_store, results))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert results.get(timeout=10) == [1]
+    assert raw_store.append([ENTRIES[0]]) == [2]  # the parent's connection still works after the child's writes
+    verify_chain(raw_store, TRUSTED)
+
+
+def test_a_transaction_that_must_not_wait_refuses_a_held_lock(tmp_path: Path) -> None:
+    """wait=False: another connection holds the write lock, so BEGIN fails at once with DatabaseBusy and nothing is
+    written; the connection's busy timeout is restored for the transactions that do wait."""
+    path = tmp_path / "audit.db"
+    appender = SqliteAppender(str(path), "normal")
+    with appender.transaction() as tx:  # creates the file and the connection
+        tx.run(sa.text("CREATE TABLE t (x INTEGER)"), {})
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.perf_counter()
+        with pytest.raises(DatabaseBusy), appender.transaction(wait=False):
+            pytest.fail("the transaction began although the lock is held")
+        assert time.perf_counter() - started < 0.5
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    connection = appender._connect()
+    assert connection.execute("PRAGMA busy_timeout").fetchone() == (int(BUSY_TIMEOUT * 1000),)
+    assert not connection.in_transaction
+    with appender.transaction(wait=False) as tx:
+        tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
+    assert connection.execute("SELECT x FROM t").fetchall() == [(1,)]
+    appender.close()
