@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,29 @@ def test_commands_are_kebab_case() -> None:
         assert name == name.lower() and "_" not in name
 
 
-def test_every_command_is_in_the_readme() -> None:
+def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, object]]:
+    """Every runnable command, nested ones included ("audit verify", "mcp pins list"), with its parser."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield " ".join(path), parser
+    for group in groups:
+        for name, sub in group.choices.items():
+            yield from leaf_commands(sub, (*path, name))
+
+
+LEAVES = dict(leaf_commands(build_parser()))
+
+
+def test_nested_commands_are_found() -> None:
+    assert {"run", "audit verify", "probe check-precision", "mcp pins accept"} <= LEAVES.keys()
+
+
+@pytest.mark.parametrize("name", sorted(LEAVES))
+def test_every_command_is_in_the_readme_with_an_example_in_its_help(name: str) -> None:
     readme = (ROOT / "README.md").read_text()
-    for name, *_ in COMMANDS:
-        assert f"aegis {name}" in readme, f"README does not document 'aegis {name}'"
+    assert f"aegis {name}" in readme, f"README does not document 'aegis {name}'"
+    help_text = LEAVES[name].format_help()  # type: ignore[attr-defined]
+    assert "Example:" in help_text and f"aegis {name}" in help_text, f"'aegis {name} --help' shows no example"
 
 
 def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
