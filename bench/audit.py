@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aegis_proxy.audit.commands import GeneratedKey, verify_log
 from aegis_proxy.audit.keys import TrustedKey, key_id, public_key_hex
-from aegis_proxy.audit.store import AppendEntry, AuditStore, verify_chain
+from aegis_proxy.audit.store import AppendEntry, AuditStore
+from aegis_proxy.audit.verify import verify_chain
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 BATCH = 64

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from aegis_proxy.audit.errors import AuditError
-from aegis_proxy.audit.store import AppendEntry, AppendWouldWait, verify_chain
+from aegis_proxy.audit.store import AppendEntry, AppendWouldWait
+from aegis_proxy.audit.verify import verify_chain
 from aegis_proxy.audit.writer import AuditWriter
 from tests.test_audit_writer import KEY as SIGNER
 from tests.test_audit_writer import TRUSTED, CountingStore, HeldDatabase, entry, wait_running

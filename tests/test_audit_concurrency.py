@@ -27,7 +27,8 @@ from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.merkle import MerkleFrontier
 from aegis_proxy.audit.merkle import root as merkle_root
 from aegis_proxy.audit.record import parse_body
-from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, verify_chain
+from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head
+from aegis_proxy.audit.verify import verify_chain
 from tests.pg import pg_schema_url
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -398,7 +398,8 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 def test_keys_rotate_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from aegis_proxy.audit.store import AppendEntry, AuditStore, verify_chain
+    from aegis_proxy.audit.store import AppendEntry, AuditStore
+    from aegis_proxy.audit.verify import verify_chain
 
     old_path, new_path, url, origin = (
         tmp_path / "old.pem",

@@ -20,7 +20,8 @@ from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.merkle import MerkleFrontier
 from aegis_proxy.audit.merkle import root as merkle_root
-from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, audit_records, metadata, verify_chain
+from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, audit_records, metadata
+from aegis_proxy.audit.verify import verify_chain
 from tests.pg import pg_schema_url
 
 AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments", "audit_checkpoints"}

@@ -17,19 +17,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import IntegrityError
 
 from aegis_proxy.audit import store as store_module
+from aegis_proxy.audit import verify as verify_module
 from aegis_proxy.audit.errors import AuditError, VerificationError
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.merkle import MerkleFrontier
 from aegis_proxy.audit.merkle import root as merkle_root
 from aegis_proxy.audit.record import args_commitment, parse_body
-from aegis_proxy.audit.store import (
-    AppendEntry,
-    AuditStore,
-    audit_arguments,
-    audit_head,
-    audit_records,
-    verify_chain,
-)
+from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records
+from aegis_proxy.audit.verify import verify_chain
 from tests.pg import pg_schema_url
 
 KEY_BYTES = bytes(range(32))
@@ -454,7 +449,7 @@ def test_rotation_while_threads_append(store: AuditStore) -> None:
 def test_parallel_verification_reports_what_sequential_does(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch, mutation: str | None, seq: int | None, step: str
 ) -> None:
-    monkeypatch.setattr(store_module, "_CHUNK", 4)  # many chunks, the fault in the middle of one
+    monkeypatch.setattr(verify_module, "_CHUNK", 4)  # many chunks, the fault in the middle of one
     store.append([decision(n=i) for i in range(30)])
     if mutation == "body":
         tamper(store, seq, body=body_of(store, seq).replace(b'"tool":"shell"', b'"tool":"shelL"'))
@@ -501,12 +496,12 @@ def test_quick_row_check_never_passes_what_the_reference_refuses(store: AuditSto
     store.append([decision(effect="allow", n=i) for i in range(2)])
     trusted = rotation_trust(3)
     with store.engine.connect() as conn:
-        rows = [store_module._without_memoryviews(r) for r in conn.execute(store_module.verify_query(store.origin))]
+        rows = [verify_module._without_memoryviews(r) for r in conn.execute(store_module.verify_query(store.origin))]
     origin, checked, quick = store.origin, 0, 0
     for seq, row in enumerate(rows):
         prev_leaf = rows[seq - 1][3] if seq else None
-        reference = store_module._check_row(row, seq, prev_leaf, origin, trusted)
-        untouched = store_module._passes_plainly(row, seq, prev_leaf, origin, trusted)
+        reference = verify_module._check_row(row, seq, prev_leaf, origin, trusted)
+        untouched = verify_module._passes_plainly(row, seq, prev_leaf, origin, trusted)
         assert untouched == (None if seq == 3 else reference)  # seq 3 is the rotation: always the reference's
         cases = [(row, seq + 1, prev_leaf, origin), (row, seq, rows[seq - 2][3] if seq > 1 else b"\0" * 32, origin)]
         cases.append((row, seq, prev_leaf, origin + "x"))
@@ -516,10 +511,10 @@ def test_quick_row_check_never_passes_what_the_reference_refuses(store: AuditSto
                 cases += [(mutated, seq, prev_leaf, origin), (mutated, seq, prev_leaf, None)]
         for values, expected_seq, prev, chain_origin in cases:
             try:
-                expected: bytes | None = store_module._check_row(values, expected_seq, prev, chain_origin, trusted)
+                expected: bytes | None = verify_module._check_row(values, expected_seq, prev, chain_origin, trusted)
             except VerificationError:
                 expected = None
-            got = store_module._passes_plainly(values, expected_seq, prev, chain_origin, trusted)
+            got = verify_module._passes_plainly(values, expected_seq, prev, chain_origin, trusted)
             assert got is None or got == expected, (seq, values, expected_seq, chain_origin)
             checked += 1
             quick += got is not None

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import IntegrityError
 
 from aegis_proxy.audit import commands
-from aegis_proxy.audit import store as store_module
+from aegis_proxy.audit import verify as verify_module
 from aegis_proxy.audit.checkpoint import Checkpoint, sign_checkpoint
 from aegis_proxy.audit.commands import VERIFY_STEPS, verify_log
 from aegis_proxy.audit.keys import key_id
@@ -390,7 +390,7 @@ def test_tampering_is_caught_at_the_right_step_and_seq(
 ) -> None:
     if parallel:  # worker processes from the first record on, chunks of 3: faults land inside and across chunks
         monkeypatch.setattr(commands, "_PARALLEL_FROM", 0)
-        monkeypatch.setattr(store_module, "_CHUNK", 3)
+        monkeypatch.setattr(verify_module, "_CHUNK", 3)
     trusted = tamper(log)
     report = verify_log(log.url, log.origin, str(log.trusted_path), trusted)
     failure = report.failure

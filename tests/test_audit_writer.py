@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import FindingSummary
-from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records, verify_chain
+from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records
+from aegis_proxy.audit.verify import verify_chain
 from aegis_proxy.audit.writer import AuditWriter, check_entry
 from tests.pg import PG_URL
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 
 from aegis_proxy.audit.keys import TrustedKey, key_id, load_key
-from aegis_proxy.audit.store import AuditStore, verify_chain
+from aegis_proxy.audit.store import AuditStore
+from aegis_proxy.audit.verify import verify_chain
 from aegis_proxy.demo.upstream import Reply, ScriptedLLM
 from aegis_proxy.proxy.runner import free_port
 

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from aegis_proxy.approvals import ApprovalStore, approvals, args_hash
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import RecordBody, parse_body
-from aegis_proxy.audit.store import audit_arguments, audit_head, audit_records, verify_chain
+from aegis_proxy.audit.store import audit_arguments, audit_head, audit_records
+from aegis_proxy.audit.verify import verify_chain
 from aegis_proxy.config import AegisConfig, load_config, open_signing_key
 from aegis_proxy.decide import Evidence, Verdict
 from aegis_proxy.firewall import Firewall

@@ -23,7 +23,8 @@ from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import FindingSummary
 from aegis_proxy.audit.sqlite_append import BUSY_TIMEOUT, DatabaseBusy, SqliteAppender, database_path
-from aegis_proxy.audit.store import AppendEntry, AuditStore, verify_chain
+from aegis_proxy.audit.store import AppendEntry, AuditStore
+from aegis_proxy.audit.verify import verify_chain
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KEY_ID = key_id(KEY.public_key())

@@ -52,10 +52,10 @@ from aegis_proxy.audit.store import (
     column_bytes,
     stored_record,
     verify_query,
-    verify_rows,
 )
+from aegis_proxy.audit.verify import verify_rows
 
-# The steps of store.verify_chain, in its numbering (its messages start with "step N:").
+# The steps of verify.verify_chain, in its numbering (its messages start with "step N:").
 VERIFY_STEPS: tuple[str, ...] = (
     "seq is contiguous from 0",
     "every record verifies on its own (canonical body, leaf hash, trusted key, signature)",
@@ -67,7 +67,6 @@ VERIFY_STEPS: tuple[str, ...] = (
 )
 _PARALLEL_FROM = 10_000  # records; below this one process verifies faster than starting workers
 _STEP_PREFIX = re.compile(r"step ([1-9]): ")  # our own messages, never request content
-_INDEXED = ("time", "type", "tool", "decision", "agent_id", "session_id")
 EFFECTS = ("allow", "deny", "ask")
 _DB_HINT = "give an SQLAlchemy URL, e.g. sqlite:///var/aegis/audit.db or postgresql+psycopg2://user@host/db"
 
@@ -194,7 +193,7 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> str:
 
 
 def verify_log(url: str, origin: str, trusted_keys_path: str, trusted_checkpoints: Sequence[str] = ()) -> VerifyReport:
-    """Verify one origin in one snapshot: the chain (steps 1-4, store.verify_chain), the head row (5), the stored
+    """Verify one origin in one snapshot: the chain (steps 1-4, verify.verify_chain), the head row (5), the stored
     checkpoints against the log's tree (6), and the trusted checkpoint notes `trusted_checkpoints` (7, 8)."""
     trusted = _trusted(trusted_keys_path)
     engine = open_log(url)

@@ -30,7 +30,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from aegis_proxy.approvals import ApprovalStore
 from aegis_proxy.audit.keys import TrustedKey, key_id, load_key
-from aegis_proxy.audit.store import AuditStore, verify_chain
+from aegis_proxy.audit.store import AuditStore
+from aegis_proxy.audit.verify import verify_chain
 from aegis_proxy.config import AegisConfig, load_config
 from aegis_proxy.demo.mcp_server import RunningServer, running_workspace_server
 from aegis_proxy.demo.upstream import Reply, ScriptedLLM

@@ -486,14 +486,18 @@ def results_table(report: dict[str, Any]) -> str:
 
 def write_readme(readme: Path, report: dict[str, Any]) -> None:
     """Replace the backbone's results block of probes/README.md (between its markers) with a fresh table."""
+    begin, end = README_BEGIN.format(backbone=report["backbone"]), README_END.format(backbone=report["backbone"])
+    replace_block(readme, begin, end, results_table(report), f"results markers for {report['backbone']}")
+
+
+def replace_block(readme: Path, begin: str, end: str, content: str, what: str) -> None:
+    """Replace what lies between the markers `begin` and `end` of a generated section of `readme` with `content`."""
     try:
         text = readme.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProbeError(f"cannot read {readme}: {exc.strerror}", hint="give --readme probes/README.md") from None
-    begin = README_BEGIN.format(backbone=report["backbone"])
-    end = README_END.format(backbone=report["backbone"])
     if begin not in text or end not in text:
-        raise ProbeError(f"{readme} has no results markers for {report['backbone']}", hint=f"add {begin} and {end}")
+        raise ProbeError(f"{readme} has no {what}", hint=f"add {begin} and {end}")
     head, _, rest = text.partition(begin)
     _, _, tail = rest.partition(end)
-    readme.write_text(f"{head}{begin}\n{results_table(report)}\n{end}{tail}", encoding="utf-8")
+    readme.write_text(f"{head}{begin}\n{content}\n{end}{tail}", encoding="utf-8")

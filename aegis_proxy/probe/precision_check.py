@@ -26,7 +26,7 @@ from aegis_proxy.probe.errors import ProbeError
 from aegis_proxy.probe.features import DEFAULT_CACHE_DIR, FeatureCache
 from aegis_proxy.probe.head import HEADS, Head, MLPSettings, fit_logistic, fit_mlp, load_head, mlp_scores
 from aegis_proxy.probe.metrics import auroc
-from aegis_proxy.probe.pipeline import DEFAULT_L2, FOLDS, Example, Log, _at_threshold, _examples
+from aegis_proxy.probe.pipeline import DEFAULT_L2, FOLDS, Example, Log, _at_threshold, _examples, replace_block
 from aegis_proxy.probe.precision import COMPUTE_PRECISIONS
 
 MAX_AUROC_DRIFT = 0.002
@@ -208,14 +208,6 @@ def precision_table(report: dict[str, Any]) -> str:
 
 
 def write_readme(readme: Path, report: dict[str, Any]) -> None:
-    try:
-        text = readme.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProbeError(f"cannot read {readme}: {exc.strerror}", hint="give --readme probes/README.md") from None
-    begin = README_BEGIN.format(backbone=report["backbone"])
-    end = README_END.format(backbone=report["backbone"])
-    if begin not in text or end not in text:
-        raise ProbeError(f"{readme} has no precision markers for {report['backbone']}", hint=f"add {begin} and {end}")
-    head, _, rest = text.partition(begin)
-    _, _, tail = rest.partition(end)
-    readme.write_text(f"{head}{begin}\n{precision_table(report)}\n{end}{tail}", encoding="utf-8")
+    """Replace the backbone's precision block of probes/README.md (between its markers) with a fresh table."""
+    begin, end = README_BEGIN.format(backbone=report["backbone"]), README_END.format(backbone=report["backbone"])
+    replace_block(readme, begin, end, precision_table(report), f"precision markers for {report['backbone']}")
