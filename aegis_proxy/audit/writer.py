@@ -47,6 +47,10 @@ def _not_committed(timeout: float) -> AuditError:
     )
 
 
+def _closed() -> AuditError:
+    return AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
+
+
 def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[int], done: Future[int]) -> None:
     """Runs where `done` completes (the writer thread, or a canceller): settle `waiter` on its loop."""
     if not loop.is_closed():
@@ -241,7 +245,7 @@ class AuditWriter:
         future: Future[int] = Future()
         with self._close_lock:
             if self._closed:
-                raise AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
+                raise _closed()
             if not self._thread.is_alive():
                 raise AuditError("the audit writer thread is not running", hint="the call is denied; restart aegis")
             if self._queue.qsize() >= self.max_queue:
@@ -302,7 +306,7 @@ class AuditWriter:
         The same record as through the thread: the store builds, signs and commits it in one transaction and refuses
         what the pre-check would refuse (AuditError, the call is denied)."""
         if self._closed:
-            raise AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
+            raise _closed()
         if not self.quick or not self._committing.acquire(blocking=False):
             return None
         try:
