@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aegis_proxy.models import CallContext, Effect, Finding, Severity, ToolCall
 
@@ -38,6 +38,17 @@ class Scorer(Protocol):
     """
 
     def score_call(self, call: ToolCall, context: CallContext) -> Mapping[str, float | None]: ...
+
+
+@runtime_checkable
+class Prefetcher(Protocol):
+    """A Scorer that can start on a conversation's untrusted content before a call in it arrives (optional).
+
+    `prefetch` is a hint: it returns at once, warms what `score_call` on the same context will read, and never raises;
+    the scores `score_call` returns must be the same with or without it. ProbeScorer implements it.
+    """
+
+    def prefetch(self, context: CallContext) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from aegis_proxy.approvals import Approval, ApprovalStore, args_hash
 from aegis_proxy.audit.record import FindingSummary, score_ppm
 from aegis_proxy.audit.store import AppendEntry, AuditStore
 from aegis_proxy.audit.writer import AuditWriter
-from aegis_proxy.decide import Scorer
+from aegis_proxy.decide import Prefetcher, Scorer
 from aegis_proxy.extract import ROOT
 from aegis_proxy.extract import _member_path as member_path  # one path syntax: findings name our nodes
 from aegis_proxy.firewall import Firewall
@@ -212,6 +212,19 @@ class Gate:
         return self.watcher.digest if self.watcher is not None else ""
 
     # -- deciding -----------------------------------------------------------------------------------------------------
+
+    def prefetch(self, context: CallContext) -> None:
+        """Hand the conversation's untrusted content (tool results, documents) to the probe now, when the LLM request
+        that carries it passes: the probe scores it while the LLM thinks, and the call in its answer finds it cached.
+        Returns at once; never raises (a prefetch is a hint: a failed one is logged and the call is scored in full)."""
+        scorer = self.firewall.scorer
+        if scorer is None:  # no probe: nothing to warm
+            return
+        try:
+            if isinstance(scorer, Prefetcher):
+                scorer.prefetch(context)
+        except Exception:
+            log.warning("aegis: probe prefetch failed; the call will be scored in full", exc_info=True)
 
     def decide(
         self, call: ToolCall, context: CallContext | None = None, *, request_id: str | None = None

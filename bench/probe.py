@@ -2,7 +2,7 @@
 
 Usage: python bench/probe.py [--backbone minilm] [--backbone DIR ...] [--sample corpus|agentdojo ...] [--threads 2]
                              [--precision auto|fp32|bf16|int8 ...] [--calls 64] [--repeat 3] [--max-length 256]
-                             [--no-scorer]
+                             [--think-ms 300] [--no-scorer]
 
 "A call" is one tool call in its context: the call-risk head's input (the rendered call, the user request, the newest
 untrusted text) and, for the scorer, every segment of its untrusted messages. Two samples:
@@ -17,6 +17,11 @@ Numbers per backbone, sample and device:
   call text and every segment of its untrusted messages are encoded for every call);
 - scorer b1, newest message new: one caller at a time, the earlier untrusted messages scored before and the newest
   one new (each step of an agent brings one new tool result); median ms per call;
+- scorer b1, newest message new, prefetched: the same call, but its newest message was handed to
+  `ProbeScorer.prefetch` when the LLM request carrying it passed (as the proxy does), `--think-ms` (default 300 ms, a
+  short LLM turn) before the call came back: the cache is cleared, the newest message prefetched, the bench sleeps
+  the think time, then times `score`. What is left is the call's own forward pass, as long as the think time covers
+  the prefetch's encoding; a shorter think time (try `--think-ms 0`) shows the call waiting for it. Median ms per call;
 - scorer b1, seen messages: one caller at a time, each call new but its untrusted messages scored before (the usual
   case inside a session: the same tool results come with every call); median ms per call;
 - scorer 32 callers cold: 32 concurrent callers on a cold cache, ms per call;
@@ -153,6 +158,21 @@ def newest_new_ms(uncached: ProbeScorer, sample: list[ProbeItem]) -> float:
     return statistics.median(times)
 
 
+def prefetched_ms(scorer: ProbeScorer, sample: list[ProbeItem], think_ms: float) -> float:
+    """`newest_new_ms`, but the newest message was prefetched `think_ms` before the call: median ms per call. The cache
+    is cleared before each call, so the newest message is new however often the sample repeats it."""
+    times = []
+    for item in sample:
+        newest_only = dataclasses.replace(item, untrusted=item.untrusted[:1])
+        scorer.clear_cache()
+        scorer.prefetch_texts(newest_only.untrusted)  # the LLM request passes: returns at once
+        time.sleep(think_ms / 1000)  # the LLM thinks
+        begin = time.perf_counter()
+        scorer.score([newest_only])  # its answer carries the call
+        times.append((time.perf_counter() - begin) * 1000)
+    return statistics.median(times)
+
+
 def concurrent_ms(scorer: ProbeScorer, sample: list[ProbeItem]) -> tuple[float, float]:
     """(32 concurrent callers on a cold cache; then one caller on the warm cache), ms per call."""
     together = sample
@@ -185,6 +205,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="passes per b1/b32 number; the best is reported")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument(
+        "--think-ms", type=float, default=300.0, help="LLM think time between prefetch and call (default 300)"
+    )
     parser.add_argument("--no-scorer", action="store_true", help="skip the end-to-end scorer (no heads needed)")
     parser.add_argument("--precision", action="append", choices=PRECISIONS, help="repeatable (default auto)")
     args = parser.parse_args()
@@ -197,14 +220,15 @@ def main() -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"{args.calls} calls per sample; torch {torch.__version__}, {args.threads} CPU threads, "
-        f"{os.cpu_count()} cores, load average {load} (other work on the machine slows every number)"
+        f"{os.cpu_count()} cores, load average {load} (other work on the machine slows every number); "
+        f"prefetched: {args.think_ms:g} ms think time between prefetch and call"
     )
     print(
         "| backbone | sample | device | precision | tokens/call | segments/call | layers run | "
         "forward b1 (all layers) | forward b1 | forward b32 | scorer b1 cold | scorer b1, newest message new | "
-        "scorer b1, seen messages | scorer 32 callers cold | scorer warm |"
+        "scorer b1, newest message new, prefetched | scorer b1, seen messages | scorer 32 callers cold | scorer warm |"
     )
-    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | --- |" + " ---: |" * 12)
     runs = [
         (spec, device, precision)
         for spec in args.backbone or ["minilm"]
@@ -230,17 +254,18 @@ def main() -> None:
                 full = forward_ms(backbone, texts, 1, None, args.repeat)  # the same calls at every batch size
                 b1 = forward_ms(backbone, texts, 1, upto, args.repeat)
                 b32 = forward_ms(backbone, texts, 32, upto, args.repeat)
-                alone = newest = seen = cold = warm = float("nan")
+                alone = newest = prefetched = seen = cold = warm = float("nan")
                 if scorer is not None and uncached is not None:
                     alone = alone_ms(uncached, sample, args.repeat)
                     newest = newest_new_ms(uncached, sample)
                     cold, warm = concurrent_ms(scorer, sample[:32])
                     seen = seen_messages_ms(scorer, sample[32:])  # calls the concurrent run did not see
+                    prefetched = prefetched_ms(scorer, sample, args.think_ms)  # last: it clears the cache
                 layers = backbone.num_layers if upto is None else upto
                 print(
                     f"| {backbone.name} | {name} | {device} | {backbone.precision} | {tokens:.0f} | {pieces:.1f} | "
                     f"{layers}/{backbone.num_layers} | {full:.1f} | {b1:.1f} | {b32:.1f} | {alone:.1f} | "
-                    f"{newest:.1f} | {seen:.1f} | {cold:.1f} | {warm:.2f} |"
+                    f"{newest:.1f} | {prefetched:.1f} | {seen:.1f} | {cold:.1f} | {warm:.2f} |"
                 )
         finally:
             for opened in (scorer, uncached):

@@ -550,3 +550,37 @@ def test_probe_precision_from_the_config_reaches_the_scorer(
             assert "int8" in scorer.status
     finally:
         scorer.close()
+
+
+class FailingProbe:
+    """A probe whose every method raises: the firewall fails closed on score_call; prefetch is only a hint."""
+
+    def score_call(self, call: ToolCall, context: CallContext) -> dict[str, float | None]:
+        raise RuntimeError("probe down")
+
+    def prefetch(self, context: CallContext) -> None:
+        raise RuntimeError("probe down")
+
+
+def test_prefetch_without_a_probe_is_a_no_op(gate: Gate, tmp_path: Path) -> None:
+    from aegis_proxy.gate import open_probe
+
+    context = ctx(gate).model_copy(update={"messages": (Message(role=Role.TOOL, content="a tool result"),)})
+    assert gate.firewall.scorer is None
+    before = records(gate)
+    assert gate.prefetch(context) is None
+    off = open_probe(load_config(None, {"data_dir": str(tmp_path), "probe.backbone": str(tmp_path / "none")}))
+    assert off is not None and not off.ready  # configured but unable to load: prefetch does nothing either
+    gate.firewall = Firewall(scorer=off)
+    assert gate.prefetch(context) is None
+    assert records(gate) == before  # a prefetch decides nothing and writes nothing
+
+
+def test_prefetch_with_a_failing_probe_never_raises(gate: Gate, caplog: pytest.LogCaptureFixture) -> None:
+    context = ctx(gate).model_copy(update={"messages": (Message(role=Role.TOOL, content="a tool result"),)})
+    gate.firewall = Firewall(scorer=FailingProbe())
+    with caplog.at_level("WARNING", logger="aegis_proxy.gate"):
+        gate.prefetch(context)
+    assert "probe prefetch failed" in caplog.text
+    outcome = gate.decide(call("read_file"), context)  # the call itself still fails closed on the broken probe
+    assert (outcome.effect, outcome.cause) == ("deny", "policy") and "probe" in outcome.decision.reasons[0]
