@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 
 from aegis_proxy import safe_regex
 from aegis_proxy.extract import ExtractedString
-from aegis_proxy.models import TRUSTED_ROLES, CallContext, Finding, Role, Severity
+from aegis_proxy.models import TRUSTED_ROLES, CallContext, Finding, Message, Role, Severity
 from aegis_proxy.safe_regex import compile_pattern
 from aegis_proxy.scanners.base import text_cache
 from aegis_proxy.scanners.injection import MEDIUM_SCORE, analyse_text, visible_text
@@ -451,6 +451,12 @@ def _message_view(content: str, untrusted: bool) -> _MessageView:
             view = _MessageView(folded, (), (), folded, truncated)
     _CACHE.put(key, view)
     return view
+
+
+def seen(message: Message) -> bool:
+    """Whether `trace` has this message's view cached: then tracing through it is substring searches in C, not the
+    injection analysis and folding that a new message costs (a session resends its messages with every call)."""
+    return _CACHE.get((message.role not in TRUSTED_ROLES, message.content)) is not None
 
 
 def clear_cache() -> None:

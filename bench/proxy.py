@@ -1,6 +1,6 @@
 """Proxy overhead, measured in one run: the same requests go direct, through bare mitmproxy, and through aegis.
 
-    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--audit-db URL] [--compare DIR]
+    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--turns 0] [--audit-db URL] [--compare DIR]
 
 Upstream: the scripted local LLM (aegis_proxy.demo.upstream), answering a chat completion that carries one tool
 call (`ls -la`, allowed by the default policy, so every aegis request runs the whole path: parse, check, a durable
@@ -11,7 +11,8 @@ Rounds interleave the paths so that machine noise hits them alike. Prints p50/p9
 sequential; `--clients K`: K clients send at once in each round, so that requests/s shows throughput under load), the
 time to the first streamed text token (each stream read to its end, so connections stay open) and each proxy's CPU time
 per request (steadier than latency on a shared machine; all threads, and the event loop's thread alone), then aegis
-minus bare mitmproxy.
+minus bare mitmproxy. `--turns N` puts N earlier tool-call turns (user request, assistant call, 1 KB tool result; about
+1.3 KB each) before the request's user message, as an agent's conversation grows: parsing the request costs more.
 `--compare DIR` (repeatable) adds aegis run from another tree, e.g. the previous commit: a change's effect in one run.
 On a shared machine run it as `chrt -f 10 python bench/proxy.py ...` so that other jobs do not preempt it.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 import statistics
@@ -31,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,6 +44,23 @@ from aegis_proxy.proxy.runner import free_port
 from bench.common import percentile
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "list the files in the workspace"}]}
+
+
+def request_body(turns: int) -> dict[str, Any]:
+    """BODY after `turns` earlier tool-call turns of the same conversation."""
+    earlier: list[dict[str, Any]] = []
+    for n in range(turns):
+        call = {
+            "id": f"call_{n}",
+            "type": "function",
+            "function": {"name": "read_file", "arguments": '{"path": "a.py"}'},
+        }
+        earlier.append({"role": "user", "content": f"step {n}: read the next module and summarise it"})
+        earlier.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        earlier.append({"role": "tool", "tool_call_id": f"call_{n}", "content": "def f(x):\n    return x + 1\n" * 40})
+    return {**BODY, "messages": [*earlier, *BODY["messages"]]}
+
+
 REPLY = Reply(text="Listing.", tool_calls=(("run_shell", {"cmd": "ls -la"}),))
 # Bare mitmproxy gets what `aegis run` gives itself and is not ours to measure, so that the comparison isolates the work
 # aegis adds: streamed (SSE) answers passed on as they arrive, as aegis passes text deltas (mitmproxy would otherwise
@@ -106,21 +126,21 @@ def process(command: list[str], port: int, cwd: str, env: dict[str, str] | None 
         proc.wait(10)
 
 
-def timed_request(client: httpx.Client, url: str, llm: ScriptedLLM) -> float:
+def timed_request(client: httpx.Client, url: str, llm: ScriptedLLM, body: dict[str, Any]) -> float:
     llm.enqueue(REPLY)
     started = time.perf_counter()
-    response = client.post(url, json=BODY)
+    response = client.post(url, json=body)
     elapsed = time.perf_counter() - started
     if response.status_code != 200 or "tool_calls" not in response.text:
         raise SystemExit(f"unexpected answer from {url}: {response.status_code} {response.text[:200]}")
     return elapsed
 
 
-def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM) -> float:
+def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM, body: dict[str, Any]) -> float:
     llm.enqueue(Reply(text="Sure, here is the listing you asked for.", tool_calls=REPLY.tool_calls))
     started = time.perf_counter()
     first: float | None = None
-    with client.stream("POST", url, json={**BODY, "stream": True}) as response:
+    with client.stream("POST", url, json={**body, "stream": True}) as response:
         for line in response.iter_lines():
             if first is None and ('"content": "Sure' in line or '"content":"Sure' in line):
                 first = time.perf_counter() - started
@@ -131,12 +151,14 @@ def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM) -> flo
     return first
 
 
-def burst(pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, llm: ScriptedLLM) -> list[float]:
+def burst(
+    pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, llm: ScriptedLLM, body: dict[str, Any]
+) -> list[float]:
     """One request from each client at the same time; their latencies. One client sends from this thread: no hand-off
     in its requests/s."""
     if len(clients) == 1:
-        return [timed_request(clients[0], url, llm)]
-    return list(pool.map(lambda client: timed_request(client, url, llm), clients))
+        return [timed_request(clients[0], url, llm, body)]
+    return list(pool.map(lambda client: timed_request(client, url, llm, body), clients))
 
 
 def summarise(samples: list[float], wall: float, clients: int) -> dict[str, float]:
@@ -157,6 +179,9 @@ def main() -> None:
     parser.add_argument(
         "--clients", type=int, default=1, help="clients sending at once in each latency round (default 1; TTFT: 1)"
     )
+    parser.add_argument(
+        "--turns", type=int, default=0, help="earlier tool-call turns in each request's conversation (default 0)"
+    )
     parser.add_argument("--audit-db", help="audit log URL for aegis (default: SQLite in a temp dir)")
     parser.add_argument(
         "--compare",
@@ -167,6 +192,7 @@ def main() -> None:
         "commit: before and after measured in one run (repeatable)",
     )
     args = parser.parse_args()
+    body = request_body(args.turns)
 
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as data_dir, ScriptedLLM() as llm:
@@ -208,8 +234,8 @@ def main() -> None:
                 paths[name] = f"{other.url}/openai/v1/chat/completions"
                 pids[name] = other.pid
             measure: dict[str, Callable[[str], list[float]]] = {
-                "latency": lambda url: burst(pool, clients, url, llm),
-                "ttft": lambda url: [time_to_first_token(client, url, llm)],
+                "latency": lambda url: burst(pool, clients, url, llm, body),
+                "ttft": lambda url: [time_to_first_token(client, url, llm, body)],
             }
             samples: dict[tuple[str, str], list[float]] = {(m, p): [] for m in measure for p in paths}
             wall: dict[str, float] = dict.fromkeys(paths, 0.0)  # seconds spent in latency rounds, per path
@@ -236,7 +262,8 @@ def main() -> None:
                             )
 
     who = "one sequential client" if args.clients == 1 else f"{args.clients} clients at once"
-    print(f"proxy overhead, {args.requests * args.clients} requests per path, {who}, audit log: {audit}")
+    size = f", {args.turns} earlier turns ({len(json.dumps(body)) / 1024:.0f} KB requests)" if args.turns else ""
+    print(f"proxy overhead, {args.requests * args.clients} requests per path, {who}{size}, audit log: {audit}")
     width = max(len(name) for name in paths) + 2
     print(f"{'path':<{width}}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'TTFT p50 ms':>14}{'CPU ms/req':>12}{'loop':>8}")
     table = {name: summarise(samples[("latency", name)], wall[name], args.clients) for name in paths}

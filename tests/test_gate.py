@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from aegis_proxy import provenance
 from aegis_proxy.approvals import ApprovalStore, approvals, args_hash
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import RecordBody, parse_body
@@ -369,7 +370,12 @@ def decide_on_a_loop(gate: Gate, the_call: ToolCall, context: CallContext) -> tu
 
 @pytest.mark.parametrize(
     ("size", "on_the_loop"),
-    [("small, wire size known", True), ("wire size unknown", False), ("long conversation", False)],
+    [
+        ("small, wire size known", True),
+        ("wire size unknown", False),
+        ("long conversation", False),
+        ("long conversation, seen on an earlier call", True),
+    ],
 )
 @pytest.mark.parametrize(("tool", "effect"), [("read_file", "allow"), ("delete_file", "deny"), ("write_file", "ask")])
 def test_decide_async_judges_small_calls_on_the_loop(
@@ -381,9 +387,13 @@ def test_decide_async_judges_small_calls_on_the_loop(
     the_call, context = call(tool), ctx(gate)
     if size != "wire size unknown":
         the_call = the_call.model_copy(update={"raw_size": len(json.dumps(the_call.arguments))})
-    if size == "long conversation":
-        long_text = "words " * (INLINE_MAX_CHARS // 6 + 1)
-        context = context.model_copy(update={"messages": (Message(role=Role.USER, content=long_text),)})
+    if size.startswith("long conversation"):
+        # New text for every case: what provenance has seen before costs it only substring searches.
+        long_text = f"{size} {tool} {uuid.uuid4()} " + "words " * (INLINE_MAX_CHARS // 6 + 1)
+        messages = (Message(role=Role.USER, content=long_text), Message(role=Role.TOOL, content=long_text[::-1]))
+        context = context.model_copy(update={"messages": messages})
+        if size.endswith("earlier call"):
+            provenance.trace([], context)  # what an earlier call in the session leaves behind
     outcome, loop_thread = decide_on_a_loop(gate, the_call, context)
     assert (gate.firewall.threads == [loop_thread]) is on_the_loop
     assert (outcome.effect, outcome.cause) == (effect, "policy")

@@ -450,3 +450,16 @@ def test_never_raises(messages: list[tuple[Role, str]], values: list[tuple[str, 
         assert report.of(path) <= {"user", "untrusted", "injected"}
     for finding in report.findings():
         assert finding.category in provenance.CATEGORIES
+
+
+@pytest.mark.parametrize("role", [Role.USER, Role.TOOL, Role.ASSISTANT])
+def test_seen_tells_whether_a_message_was_traced_before(role: Role) -> None:
+    """What the gate's inline budget asks: a message traced on an earlier call costs only substring searches now."""
+    message = Message(role=role, content=f"a message nobody traced yet ({role.value}, seen test)")
+    assert not provenance.seen(message)
+    trace([ExtractedString("args.x", "value")], CallContext(messages=(message,)))
+    assert provenance.seen(message)
+    other_trust = Role.TOOL if role is Role.USER else Role.USER  # views are cached per content and trust
+    assert not provenance.seen(Message(role=other_trust, content=message.content))
+    provenance.clear_cache()
+    assert not provenance.seen(message)

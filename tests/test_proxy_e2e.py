@@ -8,6 +8,7 @@ parsed, and that every decision has a verified audit record.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -248,15 +249,46 @@ def test_unknown_route_and_unknown_endpoint_are_refused(firewall: Firewall) -> N
     assert firewall.llm.requests == []
 
 
-def test_malformed_request_is_not_forwarded(firewall: Firewall) -> None:
+def test_a_websocket_upgrade_is_refused_and_never_reaches_the_upstream(firewall: Firewall) -> None:
+    """A realtime API's WebSocket would carry tool calls in frames we cannot read: the upgrade gets our 403."""
+    host, port = firewall.proxy.settings.listen_host, firewall.proxy.settings.listen_port
+    handshake = (
+        "GET /openai/v1/realtime?model=gpt-realtime HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer sk-test\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(handshake.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"refused the upgrade" in answer
+    assert firewall.llm.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_malformed_request_gets_no_answer(firewall: Firewall, stream: bool) -> None:
+    # The request is parsed while the upstream answers (an LLM request executes nothing), so it reaches the upstream;
+    # its answer, streamed or not, never reaches the client: our 403, as if it had been refused before forwarding.
+    firewall.llm.enqueue(Reply(text="Sure.", tool_calls=(DANGEROUS,)))
+    body = b'{"model": "m", "stream": %s, "messages": [], "messages": []}' % (b"true" if stream else b"false")
     with httpx.Client() as client:
         response = client.post(
             f"{firewall.proxy.url}/openai/v1/chat/completions",
-            content=b'{"model": "m", "messages": [], "messages": []}',
+            content=body,
             headers={"content-type": "application/json"},
         )
     assert response.status_code == 403
-    assert firewall.llm.requests == []
+    assert "duplicate key" in response.json()["error"]["message"]
+    assert "run_shell" not in response.text and "Sure." not in response.text
+    assert len(firewall.llm.requests) == 1
+    fail_closed = [r["rules"] for r in firewall.records() if r["type"] == "decision"]
+    assert fail_closed == [["builtin.fail-closed"]]
 
 
 # -- forward mode -----------------------------------------------------------------------------------------------------

@@ -1,11 +1,22 @@
 """The mitmproxy addon: route each request, hand tool calls to the Gate, apply its outcome to the flow.
 
 Hooks and what they do (each one fails closed, see `_fail_closed`):
-  request          route (reverse: /NAME/... -> the route's URL; forward: the route whose host this is); parse the LLM
-                   request into a conversation, or decide MCP `tools/call` requests before the server sees them
-  responseheaders  a streamed (SSE) LLM answer gets a StreamFilter: text passes at once, tool calls wait for a ruling
-  response         a whole LLM answer: decide every tool call, hold asks until approved, rewrite blocked calls;
-                   an MCP answer: add our results for blocked calls, pin tool lists
+  request          route (reverse: /NAME/... -> the route's URL; forward: the route whose host this is); refuse
+                   WebSocket upgrades (we cannot read the tool calls in its frames), withdraw other upgrade offers;
+                   decide MCP `tools/call` requests before the server sees them; for an LLM request, schedule the
+                   strict parse of its body into a conversation (the call context) to run once it has been forwarded
+  responseheaders  refuse a protocol switch (101) on a route; wait for that parse; a streamed (SSE) LLM answer gets a
+                   StreamFilter: text passes at once, tool calls wait for a ruling
+  response         wait for that parse; a whole LLM answer: decide every tool call, hold asks until approved, rewrite
+                   blocked calls; an MCP answer: add our results for blocked calls, pin tool lists
+
+Why the LLM request is parsed after it is forwarded: the parse depends only on the request, and the upstream model takes
+far longer to answer (hundreds of ms) than the parse takes (0.15 ms measured in bench/proxy.py's workload, more for long
+conversations), so doing it before forwarding only added to every call's latency. An LLM request executes nothing: only
+the tool calls in its answer act, and no answer passes without a successfully parsed context. So a request we cannot
+parse (malformed JSON, duplicate keys, wrong types) now reaches the upstream, its failure is audited at once, and its
+answer, whatever it is, streamed or not, is replaced by the 403 error the client would have got before forwarding.
+MCP requests are different: a `tools/call` request is itself the action, so it is still decided before forwarding.
 
 mitmproxy logs and swallows an exception raised in a hook and then lets the flow through. So no hook of ours lets an
 exception escape: it becomes a blocked flow (an error response the SDKs raise on, or an error event ending a stream),
@@ -34,7 +45,8 @@ from aegis_proxy.proxy.wire import LLMProtocol, RequestView, Ruling, StreamFilte
 log = logging.getLogger(__name__)
 
 STATE_KEY = "aegis"  # flow.metadata key of the FlowState
-FAILED_KEY = "aegis_failed"  # set when responseheaders failed: the response hook blocks the flow
+FAILED_KEY = "aegis_failed"  # the BlockedFlow of a failed or refused responseheaders: the response hook raises it
+ROUTED_KEY = "aegis_routed"  # set on every flow a route took: an upstream's protocol switch is refused
 # Endpoints of LLM routes that cannot carry tool calls and pass without a parse; any other POST to a path no wire
 # module knows is blocked, since we cannot see what it would make the agent do.
 TOOL_FREE_ENDPOINTS = (
@@ -59,14 +71,20 @@ class GateLike(Protocol):
 
     def record_failure(self, *, request_id: str, context: CallContext | None, where: str, error: str) -> None: ...
 
+    def prefetch(self, context: CallContext) -> None:
+        """Warm the probe up on a request's conversation while the upstream answers; never raises. Looked up with
+        getattr, so that a gate without it (a test double) still works."""
+        ...
+
 
 @dataclasses.dataclass
 class FlowState:
     target: Target
     protocol: LLMProtocol | None
-    context: CallContext
+    context: CallContext | None  # None until `parsed` has succeeded (LLM requests); set at once otherwise
     streamed: bool = False
     mcp: Any = None  # mcp_flow.McpExchange on MCP routes
+    parsed: asyncio.Future[CallContext] | None = None  # the deferred parse of an LLM request (AegisAddon._parse_later)
 
 
 class BlockedFlow(Exception):
@@ -184,30 +202,31 @@ class AegisAddon:
     # -- failures --------------------------------------------------------------------------------------------------
 
     def block_on_failure(self, flow: http.HTTPFlow, phase: str, error: Exception) -> None:
-        if isinstance(error, BlockedFlow):
-            _blocked_response(flow, error.status, error.message)
-            return
-        reason = error.message if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
-        log.warning("aegis: blocked %s %s in %s: %s", flow.request.method, flow.request.pretty_url, phase, reason)
-        state = flow.metadata.get(STATE_KEY)
-        try:
-            self.gate.record_failure(
-                request_id=flow.id,
-                context=state.context if isinstance(state, FlowState) else None,
-                where=phase,
-                error=reason,
-            )
-        except Exception:  # the block must happen even when the audit log is down
-            log.exception("aegis: could not audit a hook failure")
+        if isinstance(error, BlockedFlow):  # a refusal of ours, with its status and message; nothing failed
+            blocked = error
+        else:
+            reason = error.message if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
+            log.warning("aegis: blocked %s %s in %s: %s", flow.request.method, flow.request.pretty_url, phase, reason)
+            state = flow.metadata.get(STATE_KEY)
+            try:
+                self.gate.record_failure(
+                    request_id=flow.id,
+                    context=state.context if isinstance(state, FlowState) else None,
+                    where=phase,
+                    error=reason,
+                )
+            except Exception:  # the block must happen even when the audit log is down
+                log.exception("aegis: could not audit a hook failure")
+            where = "response" if phase == "responseheaders" else phase
+            blocked = BlockedFlow(403 if phase == "request" else 502, f"aegis-proxy blocked this {where}: {reason}")
         try:
             if phase == "responseheaders" and flow.response is not None:
                 # The body is still to come and would overwrite a replacement: mark the flow, read the body whole
                 # (not streamed), and let the response hook block it.
                 flow.response.stream = False
-                flow.metadata[FAILED_KEY] = reason
+                flow.metadata[FAILED_KEY] = blocked
                 return
-            status = 403 if phase == "request" else 502
-            _blocked_response(flow, status, f"aegis-proxy blocked this {phase}: {reason}")
+            _blocked_response(flow, blocked.status, blocked.message)
         except Exception:  # last resort: drop the connection rather than pass the flow
             flow.kill()
 
@@ -218,6 +237,8 @@ class AegisAddon:
         target = self._route(flow)
         if target is None:
             return
+        flow.metadata[ROUTED_KEY] = True
+        _refuse_upgrades(flow, target)
         if target.route.mcp_server is not None:
             if self.mcp is None:
                 raise BlockedFlow(403, "aegis-proxy has no MCP support configured for this route")
@@ -242,26 +263,28 @@ class AegisAddon:
                 f"aegis-proxy does not understand {flow.request.method} {target.endpoint} on route "
                 f"{target.route.name}, so it cannot see the tool calls it may carry; the request was not sent",
             )
-        body = flow.request.get_content(strict=True) or b""
-        view: RequestView = protocol.parse_request(body)
-        headers = identity.identity_headers(flow.request.headers.fields)
-        context = CallContext(
-            agent_id=identity.agent_id(headers),
-            session_id=identity.session_id(headers, view.messages),
-            messages=view.messages,
-        )
-        flow.metadata[STATE_KEY] = FlowState(target=target, protocol=protocol, context=context)
         # Streams are filtered chunk by chunk, which needs them uncompressed.
         flow.request.headers["accept-encoding"] = "identity"
+        state = FlowState(target=target, protocol=protocol, context=None, parsed=self._parse_later(flow, protocol))
+        flow.metadata[STATE_KEY] = state
 
     @_fail_closed("responseheaders")
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and flow.response.status_code == 101 and flow.metadata.get(ROUTED_KEY):
+            # We never forward an upgrade offer; a switch anyway would make the rest of the connection a raw pipe
+            # that mitmproxy passes unread.
+            raise BlockedFlow(502, "aegis-proxy refused the upstream's protocol switch (HTTP 101) it did not offer")
         state = flow.metadata.get(STATE_KEY)
         if not isinstance(state, FlowState) or flow.response is None:
             return
         if state.protocol is None:
             if self.mcp is not None:
                 self.mcp.responseheaders(flow, state)
+            return
+        try:
+            await self._context(state)
+        except BlockedFlow:
+            flow.response.stream = False  # read whole, never streamed: the response hook blocks it (already audited)
             return
         content_type = flow.response.headers.get("content-type", "")
         if not content_type.lower().startswith("text/event-stream"):
@@ -283,8 +306,8 @@ class AegisAddon:
     @_fail_closed("response")
     async def response(self, flow: http.HTTPFlow) -> None:
         failed = flow.metadata.get(FAILED_KEY)
-        if failed is not None:
-            raise BlockedFlow(502, f"aegis-proxy blocked this response: {failed}")
+        if failed is not None:  # responseheaders failed or refused the answer (block_on_failure)
+            raise failed if isinstance(failed, BlockedFlow) else BlockedFlow(502, "aegis-proxy blocked this response")
         state = flow.metadata.get(STATE_KEY)
         if not isinstance(state, FlowState) or flow.response is None:
             return
@@ -292,6 +315,7 @@ class AegisAddon:
             if self.mcp is not None:
                 await self.mcp.response(flow, state)
             return
+        context = await self._context(state)  # a request we could not parse: BlockedFlow, whatever the answer
         if state.streamed or not 200 <= flow.response.status_code < 300:
             return  # a stream was decided chunk by chunk; an error answer carries no tool call
         body = flow.response.get_content(strict=True) or b""
@@ -303,9 +327,80 @@ class AegisAddon:
         calls = state.protocol.tool_calls(body)
         if not calls:
             return
-        rulings = {call.id: await self.ruling(flow, state.context, call) for call in calls}
+        rulings = {call.id: await self.ruling(flow, context, call) for call in calls}
         if not all(ruling.allow for ruling in rulings.values()):
             flow.response.set_content(state.protocol.rewrite(body, rulings))
+
+    # -- the LLM request, parsed while the upstream answers ---------------------------------------------------------
+
+    def _parse_later(self, flow: http.HTTPFlow, protocol: LLMProtocol) -> asyncio.Future[CallContext]:
+        """Parse the request into its call context on the event loop, in a callback scheduled now: it runs after the
+        request hook returns, and mitmproxy writes the request to the upstream in the same step that ends the hook
+        (or starts connecting), so the parse overlaps the upstream's answer. A callback and a bare future cost less
+        than a task, and less than a thread: the parse is short and holds the GIL anyway.
+
+        The future always ends resolved: with the context, or with a BlockedFlow carrying the 403 the request hook
+        used to answer. A failure is audited here, when it happens, as it was before forwarding; its exception is
+        marked retrieved at once, so a flow that never gets an answer (client gone, upstream down) logs nothing."""
+        loop = asyncio.get_running_loop()
+        parsed: asyncio.Future[CallContext] = loop.create_future()
+
+        def parse() -> None:
+            try:
+                context = self._request_context(flow, protocol)
+            except Exception as error:
+                reason = error.message if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
+                self._refuse(flow, parsed, reason)
+                return
+            except BaseException:  # not ours to swallow; the flow must still never pass
+                self._refuse(flow, parsed, "the request's parse was interrupted")
+                raise
+            if parsed.done():  # cancelled by nobody of ours; nothing waits for it any more
+                return
+            parsed.set_result(context)
+            prefetch = getattr(self.gate, "prefetch", None)
+            if prefetch is not None:
+                try:  # a warm-up only: the decision itself still runs (and fails closed) without it
+                    prefetch(context)
+                except Exception:
+                    log.exception("aegis: probe prefetch failed")
+
+        loop.call_soon(parse)
+        return parsed
+
+    def _request_context(self, flow: http.HTTPFlow, protocol: LLMProtocol) -> CallContext:
+        """The call context of an LLM request: its conversation, parsed strictly, and who is calling."""
+        body = flow.request.get_content(strict=True) or b""
+        view: RequestView = protocol.parse_request(body)
+        headers = identity.identity_headers(flow.request.headers.fields)
+        return CallContext(
+            agent_id=identity.agent_id(headers),
+            session_id=identity.session_id(headers, view.messages),
+            messages=view.messages,
+        )
+
+    def _refuse(self, flow: http.HTTPFlow, parsed: asyncio.Future[CallContext], reason: str) -> None:
+        """Resolve a failed parse: audited (never raises), then the block every later hook raises."""
+        log.warning("aegis: blocked %s %s in request: %s", flow.request.method, flow.request.pretty_url, reason)
+        try:
+            self.gate.record_failure(request_id=flow.id, context=None, where="request", error=reason)
+        except Exception:  # the block must happen even when the audit log is down
+            log.exception("aegis: could not audit a hook failure")
+        if not parsed.done():
+            parsed.set_exception(BlockedFlow(403, f"aegis-proxy blocked this request: {reason}"))
+            parsed.exception()  # retrieved: no "exception was never retrieved" for a flow that gets no answer
+
+    async def _context(self, state: FlowState) -> CallContext:
+        """The flow's call context, once its parse has run; raises the parse's BlockedFlow if it failed."""
+        if state.context is None:
+            if state.parsed is None:
+                raise RuntimeError("an LLM flow without a parsed request")
+            if state.parsed.cancelled():  # nothing cancels it; if something did, no context means no pass
+                raise BlockedFlow(403, "aegis-proxy blocked this request: its parse did not run")
+            # The parse runs in the loop step after the request hook, before the upstream's answer can be read, so
+            # this rarely waits; shielded so that a hook cancelled while waiting cannot cancel it for the others.
+            state.context = await asyncio.shield(state.parsed)
+        return state.context
 
     # -- deciding --------------------------------------------------------------------------------------------------
 
@@ -320,6 +415,8 @@ class AegisAddon:
     def _stream_ruling(self, flow: http.HTTPFlow, state: FlowState, call: ToolCall) -> Ruling:
         """A streamed call: decided synchronously (stream callables cannot await). An ask cannot be held inside a
         stream, so the agent is told the approval id; once approved, the identical call passes once."""
+        if state.context is None:  # responseheaders awaits the parse before it builds a stream; never pass without it
+            raise WireError("aegis-proxy has no parsed request for this stream")
         outcome = self.gate.decide(call, state.context, request_id=flow.id)
         return Ruling(call_id=call.id, allow=outcome.effect == "allow", message=outcome.message)
 
@@ -335,6 +432,31 @@ class AegisAddon:
             retarget(request, target)
             return target
         return self.routes.forward(request.scheme, request.host, request.port, request.path)
+
+
+def _refuse_upgrades(flow: http.HTTPFlow, target: Target) -> None:
+    """No protocol upgrade leaves a route. A WebSocket handshake (a realtime API, say) is refused: its frames carry
+    tool calls that no wire module of ours reads, and passing it would let them through unseen. Any other upgrade
+    (`h2c`, from `curl --http2` on a cleartext URL) is only an offer the server may ignore: it is withdrawn, and the
+    exchange stays HTTP/1.1, which we read."""
+    headers = flow.request.headers
+    upgrade = headers.get("upgrade")
+    if upgrade is None:
+        return
+    if "websocket" in upgrade.lower():
+        raise BlockedFlow(
+            403,
+            f"aegis-proxy cannot see tool calls carried over a WebSocket (route {target.route.name}), so it refused "
+            "the upgrade; use the HTTP API",
+        )
+    del headers["upgrade"]
+    headers.pop("http2-settings", None)
+    tokens = [t.strip() for t in headers.get("connection", "").split(",")]
+    kept = [t for t in tokens if t and t.lower() not in ("upgrade", "http2-settings")]
+    if kept:
+        headers["connection"] = ", ".join(kept)
+    else:
+        headers.pop("connection", None)
 
 
 def retarget(request: http.Request, target: Target) -> None:
