@@ -573,3 +573,54 @@ def test_the_gate_prefetches_what_its_decision_reads(
     assert sorted(encoded[: len(wanted)]) == sorted(wanted)
     assert encoded[len(wanted) :] == [ProbeItem.from_call(call, context).call_text]
     assert all(isinstance(v, float) for v in outcome.decision.scores.values())
+
+
+def test_through_the_proxy_a_new_tool_result_is_prefetched_before_its_call_is_scored(
+    model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path, real mitmproxy and the real probe: the LLM request that brings a tool result hands it to the
+    probe before the answer's call is scored, and every text is encoded once."""
+    import openai
+
+    from aegis_proxy.config import load_config
+    from aegis_proxy.demo.upstream import Reply, ScriptedLLM
+    from aegis_proxy.proxy import serve
+    from aegis_proxy.proxy.runner import free_port
+
+    directory, heads = model
+    messages = [
+        {"role": "user", "content": "please read the file"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a.txt"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": TOOL_RESULT},
+    ]
+    with ScriptedLLM() as llm:
+        values = {
+            "data_dir": str(tmp_path / "aegis"),
+            "listen": f"127.0.0.1:{free_port()}",
+            "routes": {"openai": llm.url},
+            "approval_timeout": 1,  # the tiny random heads may make the policy ask: do not wait for a human
+            "probe.backbone": str(directory),
+            "probe.heads_dir": str(heads),
+            "probe.timeout": 10,
+        }
+        with serve.background(load_config(None, values)) as (proxy, gate):
+            scorer = gate.firewall.scorer
+            assert isinstance(scorer, ProbeScorer) and scorer.ready
+            events: list[str] = []
+            real_prefetch, real_score = scorer.prefetch, scorer.score
+            monkeypatch.setattr(scorer, "prefetch", lambda context: (events.append("prefetch"), real_prefetch(context)))
+            monkeypatch.setattr(scorer, "score", lambda items: (events.append("score"), real_score(items))[1])
+            encoded, _ = _record_encoded(scorer, monkeypatch)
+            llm.enqueue(Reply(tool_calls=(("send_email", {"to": "user@example.com"}),)))
+            client = openai.OpenAI(base_url=f"{proxy.url}/openai/v1", api_key="sk-test", max_retries=0)
+            client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    assert events == ["prefetch", "score"]
+    pieces = {s.text for s in render.segments(TOOL_RESULT)}
+    assert len(encoded) == len(set(encoded))  # nothing encoded twice
+    extra = set(encoded) - pieces  # every segment of the tool result, and one text more: the call's own
+    assert pieces < set(encoded) and len(extra) == 1 and next(iter(extra)).startswith("call: send_email(")
