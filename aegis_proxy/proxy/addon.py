@@ -206,17 +206,7 @@ class AegisAddon:
             blocked = error
         else:
             reason = error.message if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
-            log.warning("aegis: blocked %s %s in %s: %s", flow.request.method, flow.request.pretty_url, phase, reason)
-            state = flow.metadata.get(STATE_KEY)
-            try:
-                self.gate.record_failure(
-                    request_id=flow.id,
-                    context=state.context if isinstance(state, FlowState) else None,
-                    where=phase,
-                    error=reason,
-                )
-            except Exception:  # the block must happen even when the audit log is down
-                log.exception("aegis: could not audit a hook failure")
+            self._audit_failure(flow, phase, reason)
             where = "response" if phase == "responseheaders" else phase
             blocked = BlockedFlow(403 if phase == "request" else 502, f"aegis-proxy blocked this {where}: {reason}")
         try:
@@ -229,6 +219,20 @@ class AegisAddon:
             _blocked_response(flow, blocked.status, blocked.message)
         except Exception:  # last resort: drop the connection rather than pass the flow
             flow.kill()
+
+    def _audit_failure(self, flow: http.HTTPFlow, phase: str, reason: str) -> None:
+        """Log and audit why a flow is blocked; never raises (the block must happen even when the log is down)."""
+        log.warning("aegis: blocked %s %s in %s: %s", flow.request.method, flow.request.pretty_url, phase, reason)
+        state = flow.metadata.get(STATE_KEY)
+        try:
+            self.gate.record_failure(
+                request_id=flow.id,
+                context=state.context if isinstance(state, FlowState) else None,
+                where=phase,
+                error=reason,
+            )
+        except Exception:
+            log.exception("aegis: could not audit a hook failure")
 
     # -- hooks -----------------------------------------------------------------------------------------------------
 
@@ -381,11 +385,7 @@ class AegisAddon:
 
     def _refuse(self, flow: http.HTTPFlow, parsed: asyncio.Future[CallContext], reason: str) -> None:
         """Resolve a failed parse: audited (never raises), then the block every later hook raises."""
-        log.warning("aegis: blocked %s %s in request: %s", flow.request.method, flow.request.pretty_url, reason)
-        try:
-            self.gate.record_failure(request_id=flow.id, context=None, where="request", error=reason)
-        except Exception:  # the block must happen even when the audit log is down
-            log.exception("aegis: could not audit a hook failure")
+        self._audit_failure(flow, "request", reason)  # the flow's context is None until its parse succeeds
         if not parsed.done():
             parsed.set_exception(BlockedFlow(403, f"aegis-proxy blocked this request: {reason}"))
             parsed.exception()  # retrieved: no "exception was never retrieved" for a flow that gets no answer
