@@ -370,6 +370,13 @@ def _settle(scorer: ProbeScorer, entries: int) -> None:
         time.sleep(0.005)
 
 
+def _queued(scorer: ProbeScorer, size: int) -> None:
+    deadline = time.monotonic() + 10
+    while scorer._queue.qsize() < size:
+        assert time.monotonic() < deadline, "the caller never queued its text"
+        time.sleep(0.005)
+
+
 def test_prefetch_warms_exactly_what_the_call_reads(scorer: ProbeScorer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The segments of the newest MAX_MESSAGES tool results are encoded at prefetch; the call then encodes only
     itself, and its scores are those of a cold call."""
@@ -436,10 +443,7 @@ def test_a_caller_waits_for_a_prefetch_in_flight_instead_of_encoding_again(
         scorer.prefetch(context)
         assert entered.wait(10)  # the worker is encoding the prefetched segments
         caller.start()
-        deadline = time.monotonic() + 10
-        while scorer._queue.qsize() < 1:  # the caller queued its own text (the call) and waits for the rest
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _queued(scorer, 1)  # the caller queued its own text (the call) and waits for the rest
         hold.set()
         caller.join(10)
         served = list(encoded)
@@ -457,13 +461,6 @@ def test_a_caller_waits_for_a_prefetch_in_flight_instead_of_encoding_again(
 LONG_RESULT = " ".join(
     f"Paragraph {n} of the report says the quarterly numbers for region {n} are fine." for n in range(12)
 )
-
-
-def _queued(scorer: ProbeScorer, size: int) -> None:
-    deadline = time.monotonic() + 10
-    while scorer._queue.qsize() < size:
-        assert time.monotonic() < deadline, "the caller never queued its text"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("shares_the_message", [False, True], ids=["other session", "same message"])
@@ -509,6 +506,40 @@ def test_a_call_goes_before_prefetches_queued_ahead_of_it(
         assert sorted(encoded[settings.max_batch + 1 :]) == sorted([*pieces[settings.max_batch :], *others])
     assert sorted(encoded) == sorted([*pieces, call_text, *others])  # everything once
     assert len(results) == 1 and all(isinstance(value, float) for value in results[0].values())
+
+
+def test_the_rest_of_a_prefetch_a_call_waits_for_goes_before_later_calls(
+    model: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose message is still partly a queued prefetch needs that rest as much as its own text: the rest is
+    promoted to the calls, so a call of another session arriving later does not overtake it."""
+    directory, heads = model
+    settings = ProbeSettings(backbone=str(directory), heads_dir=heads, max_batch=2, timeout_s=10.0, threads=1)
+    scorer = ProbeScorer.load(settings)
+    hold = threading.Event()
+    encoded, entered = _record_encoded(scorer, monkeypatch, hold)
+    pieces = {s.text for s in render.segments(LONG_RESULT)}
+    first = ToolCall(id="c1", tool="send", arguments={"to": "user"})
+    later = ToolCall(id="c2", tool="archive", arguments={"folder": "old"})
+    threads = [
+        threading.Thread(target=scorer.score_call, args=(first, _conversation(LONG_RESULT))),
+        threading.Thread(target=scorer.score_call, args=(later, _conversation())),
+    ]
+    try:
+        assert scorer.prefetch_texts([LONG_RESULT]) is True
+        assert entered.wait(10)  # the prefetch's first batch is in the backbone; its rest is queued
+        threads[0].start()
+        _queued(scorer, 2)  # the rest (now a call's) and the first call's own text
+        threads[1].start()
+        _queued(scorer, 3)
+        hold.set()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        hold.set()
+        scorer.close()
+    later_text = ProbeItem.from_call(later, _conversation()).call_text
+    assert set(encoded) >= pieces and encoded[-1] == later_text  # every segment of the message before the later call
 
 
 def test_a_call_follows_the_rest_of_a_prefetch_split_while_it_waited(

@@ -182,7 +182,10 @@ class _WorkQueue:
                 self._ready.wait(remaining)
 
     def promote(self, request: _Request) -> None:
-        """A queued hint that a call waits for is served as a call (one the worker took already is left alone)."""
+        """A queued hint that a call waits for is served as a call; anything else (a call, a hint the worker took
+        already) is left alone."""
+        if not request.hint:  # a call, or promoted already: no scan of the hints
+            return
         with self._ready:
             try:
                 self._hints.remove(request)
@@ -456,9 +459,8 @@ class ProbeScorer:
                         self._inflight[key] = request
                     self._queue.put(request)
                     awaited.append(request)
-                for other in awaited:
-                    if other.hint:  # a call waits for it now: no longer only a hint, it goes with the calls
-                        self._queue.promote(other)
+                for other in awaited:  # a call waits for these now: a queued hint among them goes with the calls
+                    self._queue.promote(other)
         finally:
             if arriving:
                 self._arrived()  # queued (or turned away): the worker need not wait for it any more
@@ -484,8 +486,7 @@ class ProbeScorer:
                     elif (moved := self._inflight.get(key)) is not None and moved not in followed:
                         followed.add(moved)
                         awaited.append(moved)
-                        if moved.hint:
-                            self._queue.promote(moved)
+                        self._queue.promote(moved)
         return known
 
     # -- the worker -----------------------------------------------------------------------------------------------
