@@ -1,6 +1,7 @@
 """Proxy overhead, measured in one run: the same requests go direct, through bare mitmproxy, and through aegis.
 
-    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--turns 0] [--audit-db URL] [--compare DIR]
+    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--turns 0] [--stream] [--probe off]
+                                    [--audit-db URL] [--compare DIR] [--compare-sync full|normal]
 
 Upstream: the scripted local LLM (aegis_proxy.demo.upstream), answering a chat completion that carries one tool
 call (`ls -la`, allowed by the default policy, so every aegis request runs the whole path: parse, check, a durable
@@ -13,6 +14,7 @@ time to the first streamed text token (each stream read to its end, so connectio
 per request (steadier than latency on a shared machine; all threads, and the event loop's thread alone), then aegis
 minus bare mitmproxy. `--turns N` puts N earlier tool-call turns (user request, assistant call, 1 KB tool result; about
 1.3 KB each) before the request's user message, as an agent's conversation grows: parsing the request costs more.
+`--stream`: the latency rounds ask for streamed answers (read to the end, where the tool call comes out once decided).
 `--compare DIR` (repeatable) adds aegis run from another tree, e.g. the previous commit: a change's effect in one run.
 On a shared machine run it as `chrt -f 10 python bench/proxy.py ...` so that other jobs do not preempt it.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import socket
@@ -62,6 +65,15 @@ def request_body(turns: int) -> dict[str, Any]:
 
 
 REPLY = Reply(text="Listing.", tool_calls=(("run_shell", {"cmd": "ls -la"}),))
+_SERIAL = itertools.count()
+
+
+def varied_reply() -> Reply:
+    """REPLY with a call of its own (another directory each time): the probe caches scores by content, so with the
+    probe on every request must bring a call it has not scored."""
+    return Reply(text=REPLY.text, tool_calls=(("run_shell", {"cmd": f"ls -la /srv/{next(_SERIAL)}"}),))
+
+
 # Bare mitmproxy gets what `aegis run` gives itself and is not ours to measure, so that the comparison isolates the work
 # aegis adds: streamed (SSE) answers passed on as they arrive, as aegis passes text deltas (mitmproxy would otherwise
 # buffer the whole stream, and bare mitmproxy's time to first token would be the whole answer's); the loaded code moved
@@ -126,13 +138,22 @@ def process(command: list[str], port: int, cwd: str, env: dict[str, str] | None 
         proc.wait(10)
 
 
-def timed_request(client: httpx.Client, url: str, llm: ScriptedLLM, body: dict[str, Any]) -> float:
-    llm.enqueue(REPLY)
+def timed_request(
+    client: httpx.Client, url: str, llm: ScriptedLLM, body: dict[str, Any], reply: Callable[[], Reply]
+) -> float:
+    """One request's latency; a streamed one (`"stream": true` in `body`) is read to its end, where its tool call
+    comes out once decided."""
+    llm.enqueue(reply())
     started = time.perf_counter()
-    response = client.post(url, json=body)
+    if body.get("stream"):
+        with client.stream("POST", url, json=body) as response:
+            status, text = response.status_code, response.read().decode()
+    else:
+        response = client.post(url, json=body)
+        status, text = response.status_code, response.text
     elapsed = time.perf_counter() - started
-    if response.status_code != 200 or "tool_calls" not in response.text:
-        raise SystemExit(f"unexpected answer from {url}: {response.status_code} {response.text[:200]}")
+    if status != 200 or "tool_calls" not in text:
+        raise SystemExit(f"unexpected answer from {url}: {status} {text[:200]}")
     return elapsed
 
 
@@ -152,13 +173,18 @@ def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM, body: 
 
 
 def burst(
-    pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, llm: ScriptedLLM, body: dict[str, Any]
+    pool: ThreadPoolExecutor,
+    clients: list[httpx.Client],
+    url: str,
+    llm: ScriptedLLM,
+    body: dict[str, Any],
+    reply: Callable[[], Reply],
 ) -> list[float]:
     """One request from each client at the same time; their latencies. One client sends from this thread: no hand-off
     in its requests/s."""
     if len(clients) == 1:
-        return [timed_request(clients[0], url, llm, body)]
-    return list(pool.map(lambda client: timed_request(client, url, llm, body), clients))
+        return [timed_request(clients[0], url, llm, body, reply)]
+    return list(pool.map(lambda client: timed_request(client, url, llm, body, reply), clients))
 
 
 def summarise(samples: list[float], wall: float, clients: int) -> dict[str, float]:
@@ -182,7 +208,13 @@ def main() -> None:
     parser.add_argument(
         "--turns", type=int, default=0, help="earlier tool-call turns in each request's conversation (default 0)"
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="latency rounds ask for streamed answers (SSE, read to the end, where the decided tool call comes out)",
+    )
     parser.add_argument("--audit-db", help="audit log URL for aegis (default: SQLite in a temp dir)")
+    parser.add_argument("--probe", default="off", help="aegis's hidden-state probe: off (default), minilm, ...")
     parser.add_argument(
         "--compare",
         metavar="DIR",
@@ -191,8 +223,14 @@ def main() -> None:
         help="also run aegis (audit.sync=normal) from the aegis_proxy package in DIR, e.g. a checkout of the previous "
         "commit: before and after measured in one run (repeatable)",
     )
+    parser.add_argument(
+        "--compare-sync", choices=["full", "normal"], default="normal", help="audit.sync of the --compare runs"
+    )
     args = parser.parse_args()
     body = request_body(args.turns)
+    if args.stream:
+        body = {**body, "stream": True}
+    reply: Callable[[], Reply] = varied_reply if args.probe != "off" else lambda: REPLY
 
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as data_dir, ScriptedLLM() as llm:
@@ -205,6 +243,7 @@ def main() -> None:
         def aegis_cmd(port: int, sync: str, name: str = "") -> list[str]:
             command = [str(bin_dir / "aegis"), "run", "--listen", f"127.0.0.1:{port}", "--route", f"openai={llm.url}"]
             command += ["--data-dir", str(Path(data_dir) / (name or sync)), "--audit-sync", sync, "--admin", "off"]
+            command += ["--probe", args.probe]
             return command + (["--audit-db", args.audit_db] if args.audit_db else [])
 
         audit = args.audit_db or "SQLite (default)"
@@ -226,15 +265,15 @@ def main() -> None:
             pids = {"mitmproxy": bare.pid, "aegis (audit.sync=full)": aegis_full.pid}
             pids["aegis (audit.sync=normal)"] = aegis_normal.pid
             for n, tree in enumerate(args.compare):
-                other_port, name = free_port(), f"aegis @{Path(tree).name} (normal)"
+                other_port, name = free_port(), f"aegis @{Path(tree).name} ({args.compare_sync})"
                 env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
                 other = stack.enter_context(
-                    process(aegis_cmd(other_port, "normal", f"compare{n}"), other_port, data_dir, env)
+                    process(aegis_cmd(other_port, args.compare_sync, f"compare{n}"), other_port, data_dir, env)
                 )
                 paths[name] = f"{other.url}/openai/v1/chat/completions"
                 pids[name] = other.pid
             measure: dict[str, Callable[[str], list[float]]] = {
-                "latency": lambda url: burst(pool, clients, url, llm, body),
+                "latency": lambda url: burst(pool, clients, url, llm, body, reply),
                 "ttft": lambda url: [time_to_first_token(client, url, llm, body)],
             }
             samples: dict[tuple[str, str], list[float]] = {(m, p): [] for m in measure for p in paths}
@@ -263,6 +302,8 @@ def main() -> None:
 
     who = "one sequential client" if args.clients == 1 else f"{args.clients} clients at once"
     size = f", {args.turns} earlier turns ({len(json.dumps(body)) / 1024:.0f} KB requests)" if args.turns else ""
+    size += ", streamed answers" if args.stream else ""
+    size += f", probe {args.probe}" if args.probe != "off" else ""
     print(f"proxy overhead, {args.requests * args.clients} requests per path, {who}{size}, audit log: {audit}")
     width = max(len(name) for name in paths) + 2
     print(f"{'path':<{width}}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'TTFT p50 ms':>14}{'CPU ms/req':>12}{'loop':>8}")

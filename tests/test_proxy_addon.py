@@ -113,8 +113,8 @@ async def _exchange(
     addon: AegisAddon, flow: http.HTTPFlow, answer: list[bytes], content_type: str, status: int
 ) -> bytes:
     """One exchange as mitmproxy drives it: the request is forwarded, the upstream answers (`answer` arrives chunk by
-    chunk through the stream callable if responseheaders set one, else whole), then the response hook. What the
-    client receives: the streamed chunks, or the final body."""
+    chunk through the stream callable if responseheaders set one, then our stream-end hook, then the stream's end;
+    else whole), then the response hook. What the client receives: the streamed chunks, or the final body."""
     await addon.request(flow)
     assert flow.response is None  # forwarded
     _answer(flow, b"", content_type)
@@ -122,7 +122,9 @@ async def _exchange(
     await addon.responseheaders(flow)
     stream = flow.response.stream
     if callable(stream):
-        sent = b"".join(b"".join(stream(chunk)) for chunk in [*answer, b""])
+        sent = b"".join(b"".join(stream(chunk)) for chunk in answer)
+        await addon.aegis_stream_end(stream)
+        sent += b"".join(stream(b""))
         await addon.response(flow)
         return sent
     flow.response.content = b"".join(answer)
@@ -496,12 +498,51 @@ def test_failure_inside_a_stream_ends_it_with_an_error_event(gate: Gate) -> None
         out = [*stream(events[0]), *stream(b"data: {this is not json}\n\n")]
         for event in events[1:]:
             out += stream(event)
+        await addon.aegis_stream_end(stream)
         out += stream(b"")
         return out
 
     sent = b"".join(_run(addon, scenario))
     assert b"event: error" in sent
     assert b"run_shell" not in sent  # nothing after the failure is released
+
+
+def test_a_failure_while_waiting_for_a_streams_decisions_ends_it_with_an_error_event(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aegis_proxy.proxy.lookahead import LookaheadStream
+
+    async def broken(_self: LookaheadStream) -> None:
+        raise Broken("forced failure while waiting")
+
+    monkeypatch.setattr(LookaheadStream, "finish", broken)
+    addon = AegisAddon(gate, [OpenAIChat()])
+    flow = _flow(body={**REQUEST, "stream": True})
+    sent = _run(addon, lambda: _exchange(addon, flow, list(chat_stream(SAFE, "m", 1)), "text/event-stream", 200))
+    assert sent.endswith(
+        stream_error_event(
+            "openai-chat", "aegis-proxy blocked the rest of this response: Broken: forced failure while waiting"
+        )
+    )
+    assert b'"ls"' not in sent  # the call was allowed, but a stream whose end we could not vouch for releases nothing
+    failed = [r for r in _audited(gate) if r["rules"] == ["builtin.fail-closed"]]
+    assert [r["decision"] for r in failed] == ["deny"]  # audited once, as every failure that blocks
+
+
+def test_a_stream_whose_end_hook_never_ran_releases_no_call(gate: Gate) -> None:
+    # On a mitmproxy without our hook (runner refuses to start there) the stream's end would come unannounced.
+    addon = AegisAddon(gate, [OpenAIChat()])
+    flow = _flow(body={**REQUEST, "stream": True})
+
+    async def scenario() -> bytes:
+        await addon.request(flow)
+        _answer(flow, b"", "text/event-stream")
+        await addon.responseheaders(flow)
+        stream = flow.response.stream
+        return b"".join(b"".join(stream(chunk)) for chunk in [*chat_stream(SAFE, "m", 1), b""])
+
+    sent = _run(addon, scenario)
+    assert b"before its tool calls were decided" in sent and b'"ls"' not in sent
 
 
 def test_a_gate_that_cannot_audit_still_blocks(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:

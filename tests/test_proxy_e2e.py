@@ -167,6 +167,56 @@ def test_anthropic_denied_and_allowed(firewall: Firewall, stream: bool) -> None:
     assert sorted(_decisions(firewall.records())) == [("run_shell", "allow"), ("run_shell", "deny")]
 
 
+class HoldingProbe:
+    """A probe whose every score waits until the test releases it: a decision exactly as slow as the test needs."""
+
+    def __init__(self) -> None:
+        self.scoring = threading.Event()
+        self.release = threading.Event()
+
+    def score_call(self, call: Any, context: Any) -> dict[str, float | None]:
+        self.scoring.set()
+        self.release.wait(30)
+        return {"risk": None, "injection": None}
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_streamed_call_being_decided_holds_no_other_flow(firewall: Firewall, protocol: str) -> None:
+    # Its decision runs while the stream waits (proxy/lookahead.py). Before, it ran inside mitmproxy's synchronous
+    # stream callable: the event loop, and with it every other agent's traffic, waited for the probe and the commit.
+    probe = HoldingProbe()
+    firewall.gate.firewall.scorer = probe
+    firewall.llm.enqueue(Reply(text="Listing.", tool_calls=(SAFE,)))
+    streamed: list[tuple[str, Any]] = []
+
+    def stream() -> None:
+        if protocol == "anthropic":
+            kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
+            with firewall.anthropic().messages.stream(**kwargs) as events:
+                message = events.get_final_message()
+            streamed.extend((b.name, b.input) for b in message.content if b.type == "tool_use")
+            return
+        arguments = ""
+        for chunk in firewall.openai().chat.completions.create(model="m", messages=USER, stream=True):
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                arguments += (delta.function.arguments or "") if delta.function else ""
+        streamed.append((SAFE[0], json.loads(arguments)))
+
+    waiting = threading.Thread(target=stream)
+    waiting.start()
+    try:
+        assert probe.scoring.wait(10)
+        firewall.llm.enqueue(Reply(text="Nothing to run."))
+        other = firewall.openai().with_options(timeout=5).chat.completions.create(model="m", messages=USER)
+        assert other.choices[0].message.content == "Nothing to run."
+        assert waiting.is_alive()  # the other agent got its whole answer while this call is still being decided
+    finally:
+        probe.release.set()
+        waiting.join(10)
+    assert streamed == [SAFE]
+    assert _decisions(firewall.records()) == [("run_shell", "allow")]
+
+
 # -- held calls -------------------------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,10 @@ Hooks and what they do (each one fails closed, see `_fail_closed`):
                    decide MCP `tools/call` requests before the server sees them; for an LLM request, schedule the
                    strict parse of its body into a conversation (the call context) to run once it has been forwarded
   responseheaders  refuse a protocol switch (101) on a route; wait for that parse; a streamed (SSE) LLM answer gets a
-                   StreamFilter: text passes at once, tool calls wait for a ruling
+                   StreamFilter: text passes at once, tool calls wait for a ruling, decided while the stream goes on
+                   (proxy/lookahead.py)
+  aegis_stream_end our hook (proxy/stream_end.py): the upstream finished a stream; wait for its calls' decisions
+                   before mitmproxy asks for the stream's last bytes
   response         wait for that parse; a whole LLM answer: decide every tool call, hold asks until approved, rewrite
                    blocked calls; an MCP answer: add our results for blocked calls, pin tool lists
 
@@ -39,8 +42,9 @@ from mitmproxy.net.http import url
 
 from aegis_proxy.models import CallContext, ToolCall
 from aegis_proxy.proxy import identity
+from aegis_proxy.proxy.lookahead import LookaheadStream
 from aegis_proxy.proxy.routes import RouteTable, Target
-from aegis_proxy.proxy.wire import LLMProtocol, RequestView, Ruling, StreamFilter, WireError
+from aegis_proxy.proxy.wire import LLMProtocol, RequestView, Ruling, WireError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,6 @@ STORED_RESPONSE = re.compile(r"^(/v1)?/responses/[A-Za-z0-9_-]+/?$")  # GET: a s
 
 class GateLike(Protocol):
     """What the addon needs from aegis_proxy.gate.Gate (a Protocol so the addon's tests can use a real Gate)."""
-
-    def decide(self, call: ToolCall, context: CallContext, *, request_id: str) -> Any: ...
 
     def decide_async(self, call: ToolCall, context: CallContext, *, request_id: str) -> Awaitable[Any]: ...
 
@@ -148,20 +150,25 @@ def _fail_closed(phase: str) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 
 class SafeStream:
-    """mitmproxy's stream callable around a StreamFilter. A failure ends the stream with an error event and drops
+    """mitmproxy's stream callable around a LookaheadStream. A failure ends the stream with an error event and drops
     everything after it: held tool-call events are never released (fail closed)."""
 
-    def __init__(self, inner: StreamFilter, protocol: str, on_failure: Callable[[str], None]) -> None:
+    awaits_end = True  # asks mitmproxy's HTTP layer for the aegis_stream_end hook (proxy/stream_end.py)
+
+    def __init__(self, inner: LookaheadStream, protocol: str, on_failure: Callable[[str], None]) -> None:
         self.inner = inner
         self.protocol = protocol
         self.on_failure = on_failure
         self.failed = False
+        self.finish_error: Exception | None = None
 
     def __call__(self, chunk: bytes) -> list[bytes]:
         # A list, never b"": mitmproxy sends each item as a chunk, and an empty HTTP/1 chunk ends the body.
         if self.failed:
             return []
         try:
+            if self.finish_error is not None:
+                raise self.finish_error
             out = self.inner.close() if chunk == b"" else self.inner.feed(chunk)
             return [out] if out else []
         except Exception as error:
@@ -172,6 +179,16 @@ class SafeStream:
             except Exception:  # the block below must still happen
                 log.exception("aegis: recording a stream failure failed")
             return [stream_error_event(self.protocol, f"aegis-proxy blocked the rest of this response: {reason}")]
+
+    async def finish(self) -> None:
+        """Wait for the stream's decisions (the aegis_stream_end hook). Never raises an Exception: a failure here
+        makes the stream's end an error event instead of the held calls."""
+        if self.failed:
+            return
+        try:
+            await self.inner.finish()
+        except Exception as error:
+            self.finish_error = error
 
 
 class AegisAddon:
@@ -297,15 +314,21 @@ class AegisAddon:
             # Not streamed: the response hook decodes the whole body, or blocks it if it cannot.
             return
         protocol = state.protocol
-        decide = functools.partial(self._stream_ruling, flow, state)
         flow.response.stream = SafeStream(
-            protocol.stream_filter(decide),
+            self._lookahead(flow, state, protocol),
             protocol.name,
             lambda reason: self.gate.record_failure(
                 request_id=flow.id, context=state.context, where="stream", error=reason
             ),
         )
         state.streamed = True
+
+    async def aegis_stream_end(self, stream: object) -> None:
+        """Our hook (proxy/stream_end.py): the upstream finished a stream of ours; wait for its calls' decisions
+        before mitmproxy asks the stream callable for the rest. Never raises (SafeStream.finish turns a failure into
+        an error event at the stream's end), so it needs no _fail_closed: there is no response left to replace."""
+        if isinstance(stream, SafeStream):
+            await stream.finish()
 
     @_fail_closed("response")
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -325,8 +348,10 @@ class AegisAddon:
         body = flow.response.get_content(strict=True) or b""
         if flow.response.headers.get("content-type", "").lower().startswith("text/event-stream"):
             # A stream we could not filter live (compressed): run the same filter over the whole body.
-            stream = state.protocol.stream_filter(functools.partial(self._stream_ruling, flow, state))
-            flow.response.set_content(stream.feed(body) + stream.close())
+            stream = self._lookahead(flow, state, state.protocol)
+            head = stream.feed(body)
+            await stream.finish()
+            flow.response.set_content(head + stream.close())
             return
         calls = state.protocol.tool_calls(body)
         if not calls:
@@ -412,13 +437,27 @@ class AegisAddon:
             outcome = await self.gate.await_approval(outcome, self.approval_timeout)
         return Ruling(call_id=call.id, allow=outcome.effect == "allow", message=outcome.message)
 
-    def _stream_ruling(self, flow: http.HTTPFlow, state: FlowState, call: ToolCall) -> Ruling:
-        """A streamed call: decided synchronously (stream callables cannot await). An ask cannot be held inside a
-        stream, so the agent is told the approval id; once approved, the identical call passes once."""
+    def _lookahead(self, flow: http.HTTPFlow, state: FlowState, protocol: LLMProtocol) -> LookaheadStream:
+        """The protocol's stream filter, its calls decided as asyncio tasks while the stream goes on."""
         if state.context is None:  # responseheaders awaits the parse before it builds a stream; never pass without it
             raise WireError("aegis-proxy has no parsed request for this stream")
-        outcome = self.gate.decide(call, state.context, request_id=flow.id)
-        return Ruling(call_id=call.id, allow=outcome.effect == "allow", message=outcome.message)
+        context = state.context
+
+        def start(call: ToolCall) -> asyncio.Future[Ruling]:
+            return asyncio.ensure_future(self._stream_ruling(flow, context, call))
+
+        return LookaheadStream(protocol.stream_filter, start, max_event_bytes=protocol.max_event_bytes)
+
+    async def _stream_ruling(self, flow: http.HTTPFlow, context: CallContext, call: ToolCall) -> Ruling:
+        """A streamed call's ruling. An ask is not held inside a stream: the agent is told the approval id, and once
+        approved, the identical call passes once (docs/approvals.md). Never raises: the gate denies on its own
+        failures, and anything else here is a deny too."""
+        try:
+            outcome = await self.gate.decide_async(call, context, request_id=flow.id)
+            return Ruling(call_id=call.id, allow=outcome.effect == "allow", message=outcome.message)
+        except Exception as error:
+            self._audit_failure(flow, "stream", f"{type(error).__name__}: {error}")
+            return Ruling(call_id=call.id, allow=False, message="aegis-proxy could not decide this call")
 
     # -- routing ---------------------------------------------------------------------------------------------------
 

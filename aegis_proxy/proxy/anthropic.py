@@ -18,7 +18,7 @@ from typing import Any
 
 from aegis_proxy.models import Message, Role, ToolCall
 from aegis_proxy.proxy import shape
-from aegis_proxy.proxy.sse import SSEEvent, SSEParser, format_event
+from aegis_proxy.proxy.sse import EventFilter, SSEEvent, event_json, format_event
 from aegis_proxy.proxy.wire import (
     Decide,
     RequestView,
@@ -209,12 +209,12 @@ class _Block:
     pieces: list[str] = dataclasses.field(default_factory=list)
 
 
-class AnthropicStream:
+class AnthropicStream(EventFilter):
     """Filters one streamed Messages response (see `StreamFilter`)."""
 
     def __init__(self, decide: Decide, *, max_event_bytes: int, max_held_bytes: int) -> None:
+        super().__init__(max_event_bytes)
         self._decide = decide
-        self._parser = SSEParser(max_event_bytes)
         self._max_held = max_held_bytes
         self._held: list[SSEEvent] = []
         self._held_bytes = 0
@@ -225,24 +225,20 @@ class AnthropicStream:
         self._started = False
         self._stopped = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._event(e) for e in self._parser.feed(chunk))
-
-    def close(self) -> bytes:
-        out = b"".join(self._event(e) for e in self._parser.close())
+    def end(self) -> bytes:
         if self._call is not None:
             raise WireError(
                 "stream ended in the middle of a tool_use block",
                 hint="the upstream closed the stream before finishing the call; it is not forwarded",
             )
-        return out
+        return b""
 
-    def _event(self, event: SSEEvent) -> bytes:
+    def event(self, event: SSEEvent) -> bytes:
         if event.data is None:
             return self._pass(event)
         if self._stopped:
             raise shape.fail("stream", "event after message_stop")
-        data = shape.obj(load_json(event.data, "stream event"), "stream event")
+        data = shape.obj(event_json(event, "stream event"), "stream event")
         kind = shape.string(data.get("type"), "stream event.type")
         if event.event != kind:
             raise shape.fail("stream", f"event name {str(event.event)[:40]!r} does not match its type {kind[:40]!r}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from aegis_proxy.models import Message, Role, ToolCall
 from aegis_proxy.proxy import shape
-from aegis_proxy.proxy.sse import SSEEvent, SSEParser, format_event
+from aegis_proxy.proxy.sse import EventFilter, SSEEvent, event_json, format_event
 from aegis_proxy.proxy.wire import (
     Decide,
     RequestView,
@@ -193,12 +193,12 @@ class _Held:
     fragments: list[list[tuple[int, int, bool]]] = dataclasses.field(default_factory=list)
 
 
-class OpenAIChatStream:
+class OpenAIChatStream(EventFilter):
     """Filters one streamed Chat Completions response (see `StreamFilter`)."""
 
     def __init__(self, decide: Decide, *, max_event_bytes: int, max_held_bytes: int) -> None:
+        super().__init__(max_event_bytes)
         self._decide = decide
-        self._parser = SSEParser(max_event_bytes)
         self._max_held = max_held_bytes
         self._held: list[_Held] = []
         self._held_bytes = 0
@@ -210,21 +210,17 @@ class OpenAIChatStream:
         self._finished: set[int] = set()
         self._done = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._event(e) for e in self._parser.feed(chunk))
-
-    def close(self) -> bytes:
-        out = b"".join(self._event(e) for e in self._parser.close())
+    def end(self) -> bytes:
         if self._open:
             raise WireError(
                 "stream ended in the middle of a tool call",
                 hint="the upstream closed the stream before finishing the call; it is not forwarded",
             )
-        return out + self._flush()
+        return self._flush()
 
     # -- events -----------------------------------------------------------------------------------------------
 
-    def _event(self, event: SSEEvent) -> bytes:
+    def event(self, event: SSEEvent) -> bytes:
         if event.data is None:  # keep-alive comment or blank line: harmless, kept in order
             return self._hold_or_pass(_Held(event))
         if self._done:
@@ -238,7 +234,7 @@ class OpenAIChatStream:
                 self._complete(choice)
             self._done = True
             return self._flush() + event.raw
-        data = shape.obj(load_json(event.data, "stream chunk"), "stream chunk")
+        data = shape.obj(event_json(event, "stream chunk"), "stream chunk")
         held = _Held(event, data)
         if "choices" not in data and data.get("error") is not None:
             return self._hold_or_pass(held)  # an error event: the SDK raises on it; nothing to inspect

@@ -23,7 +23,7 @@ from typing import Any
 
 from aegis_proxy.models import Message, Role, ToolCall
 from aegis_proxy.proxy import shape
-from aegis_proxy.proxy.sse import SSEEvent, SSEParser, format_event
+from aegis_proxy.proxy.sse import EventFilter, SSEEvent, event_json, format_event
 from aegis_proxy.proxy.wire import (
     Decide,
     RequestView,
@@ -265,12 +265,12 @@ class _Item:
     text: str = ""  # the blocked text that replaces the call
 
 
-class OpenAIResponsesStream:
+class OpenAIResponsesStream(EventFilter):
     """Filters one streamed Responses answer (see `StreamFilter`)."""
 
     def __init__(self, decide: Decide, *, max_event_bytes: int, max_held_bytes: int) -> None:
+        super().__init__(max_event_bytes)
         self._decide = decide
-        self._parser = SSEParser(max_event_bytes)
         self._max_held = max_held_bytes
         self._held: list[tuple[SSEEvent, dict[str, Any] | None]] = []
         self._held_bytes = 0
@@ -281,26 +281,22 @@ class OpenAIResponsesStream:
         self._next_seq: int | None = None  # the next sequence number to send
         self._finished = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._event(e) for e in self._parser.feed(chunk))
-
-    def close(self) -> bytes:
-        out = b"".join(self._event(e) for e in self._parser.close())
+    def end(self) -> bytes:
         if self._open_calls:
             raise WireError(
                 "stream ended in the middle of a tool call",
                 hint="the upstream closed the stream before finishing the call; it is not forwarded",
             )
-        return out
+        return b""
 
     # -- reading --------------------------------------------------------------------------------------------------
 
-    def _event(self, event: SSEEvent) -> bytes:
+    def event(self, event: SSEEvent) -> bytes:
         if event.data is None:
             return self._out(event, None)
         if self._finished:
             raise shape.fail("stream", "event after the response finished")
-        data = shape.obj(load_json(event.data, "stream event"), "stream event")
+        data = shape.obj(event_json(event, "stream event"), "stream event")
         kind = shape.string(data.get("type"), "stream event.type")
         if event.event is not None and event.event != kind:
             raise shape.fail("stream", f"event name {event.event[:40]!r} does not match its type {kind[:40]!r}")

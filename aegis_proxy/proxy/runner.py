@@ -23,6 +23,7 @@ from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
 from aegis_proxy.errors import ConfigError
+from aegis_proxy.proxy import stream_end
 from aegis_proxy.proxy.addon import AegisAddon
 from aegis_proxy.proxy.routes import RouteTable
 
@@ -76,6 +77,7 @@ def mitmproxy_options(settings: ProxySettings) -> dict[str, Any]:
 
 def build_master(settings: ProxySettings, addon: AegisAddon) -> DumpMaster:
     """A mitmproxy master with our addon. Must be called inside the event loop that will run it."""
+    stream_end.install()  # the addon awaits streamed calls' decisions in this hook
     settings.confdir.mkdir(parents=True, exist_ok=True)
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=not settings.quiet, with_dumper=False)

@@ -9,8 +9,9 @@ rather than buffered without end.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from aegis_proxy.proxy.wire import WireError
+from aegis_proxy.proxy.wire import WireError, load_json
 
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024  # a Responses `response.completed` carries the whole answer
 _BOM = b"\xef\xbb\xbf"
@@ -30,6 +31,8 @@ class SSEEvent:
     id: str | None = None
     retry: int | None = None
     comments: tuple[str, ...] = ()
+    # `data` parsed as JSON, once for every reader of this event (event_json); never mutated by a reader
+    parsed: list[Any] = dataclasses.field(default_factory=list, compare=False, hash=False, repr=False)
 
 
 class SSEParser:
@@ -153,6 +156,36 @@ class SSEParser:
         self._retry = None
         self._comments = []
         return event
+
+
+def event_json(event: SSEEvent, what: str) -> Any:
+    """The event's data as strict JSON (wire.load_json), parsed once however many filters read the event (the
+    look-ahead reads each event twice, proxy/lookahead.py). Readers must not mutate it: they copy before changing."""
+    if not event.parsed:
+        event.parsed.append(load_json(event.data or "", what))
+    return event.parsed[0]
+
+
+class EventFilter:
+    """The base of the LLM stream filters (wire.StreamFilter): SSE parsing here, the protocol in `event` and `end`."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        self._parser = SSEParser(max_event_bytes)
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self.event(e) for e in self._parser.feed(chunk))
+
+    def close(self) -> bytes:
+        out = b"".join(self.event(e) for e in self._parser.close())
+        return out + self.end()
+
+    def event(self, event: SSEEvent) -> bytes:
+        """Bytes to send for one complete event (may be b""). Raises WireError on a malformed stream."""
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        """The stream's last event was read: the rest to send. Raises WireError if it ended mid-call."""
+        raise NotImplementedError
 
 
 def format_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:

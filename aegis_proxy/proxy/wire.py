@@ -14,11 +14,14 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aegis_proxy.errors import InputError
 from aegis_proxy.models import Message, ToolCall
 from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
+
+if TYPE_CHECKING:
+    from aegis_proxy.proxy.sse import SSEEvent  # sse imports this module
 
 
 class WireError(InputError):
@@ -66,11 +69,18 @@ class StreamFilter(Protocol):
         """End of the upstream stream: the rest to send. Raises WireError if the stream ended mid-event/mid-call."""
         ...
 
+    # The same, one parsed event at a time (sse.EventFilter implements feed/close with these): the look-ahead
+    # (proxy/lookahead.py) parses the stream once and hands each event to two filters.
+    def event(self, event: SSEEvent) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
 
 class LLMProtocol(Protocol):
     """One LLM wire protocol (OpenAI Chat Completions, OpenAI Responses, Anthropic Messages)."""
 
     name: str  # "openai-chat", "openai-responses", "anthropic"; also ToolCall.protocol
+    max_event_bytes: int  # the largest SSE event its stream filter reads (shape.Limits)
 
     def matches(self, path: str) -> bool:
         """Whether this protocol owns the upstream request path (route prefix already removed), e.g. /v1/messages."""
