@@ -79,6 +79,7 @@ def varied_reply() -> Reply:
 # buffer the whole stream, and bare mitmproxy's time to first token would be the whole answer's); the loaded code moved
 # out of the collector's reach once running (gc.freeze, as runner.run does); lazy upstream connections (aegis picks
 # the upstream per request). Otherwise it is `mitmdump -q`.
+LEAN = "mitmproxy, aegis's addons"
 BARE_ADDON = """import gc
 
 
@@ -93,6 +94,27 @@ class Bare:
 
 
 addons = [Bare()]
+"""
+# The same bare addon in mitmproxy loaded as `aegis run` loads it (runner.proxy_addons: 8 of mitmdump's 34 addons):
+# aegis minus this is the work of aegis's own addon alone; aegis minus mitmdump is what a user sees against mitmproxy.
+LEAN_MITMPROXY = """import asyncio, sys
+from mitmproxy import options
+from mitmproxy.master import Master
+from aegis_proxy.proxy.runner import proxy_addons
+sys.path.insert(0, sys.argv[3])
+from bare_addon import Bare
+
+
+async def main():
+    opts = options.Options()
+    master = Master(opts)
+    master.addons.add(*proxy_addons(), Bare())
+    opts.update(mode=[f"reverse:{sys.argv[1]}"], listen_host="127.0.0.1", listen_port=int(sys.argv[2]))
+    opts.update(connection_strategy="lazy")
+    await master.run()
+
+
+asyncio.run(main())
 """
 
 
@@ -234,11 +256,14 @@ def main() -> None:
 
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as data_dir, ScriptedLLM() as llm:
-        bare_port, full_port, normal_port = free_port(), free_port(), free_port()
+        bare_port, lean_port, full_port, normal_port = free_port(), free_port(), free_port(), free_port()
         bare_addon = Path(data_dir) / "bare_addon.py"
         bare_addon.write_text(BARE_ADDON)
         bare_cmd = [str(bin_dir / "mitmdump"), "-q", "--mode", f"reverse:{llm.url}", "-p", str(bare_port)]
         bare_cmd += ["--set", "connection_strategy=lazy", "-s", str(bare_addon)]
+        lean_script = Path(data_dir) / "lean_mitmproxy.py"
+        lean_script.write_text(LEAN_MITMPROXY)
+        lean_cmd = [sys.executable, str(lean_script), llm.url, str(lean_port), data_dir]
 
         def aegis_cmd(port: int, sync: str, name: str = "") -> list[str]:
             command = [str(bin_dir / "aegis"), "run", "--listen", f"127.0.0.1:{port}", "--route", f"openai={llm.url}"]
@@ -249,6 +274,7 @@ def main() -> None:
         audit = args.audit_db or "SQLite (default)"
         with (
             process(bare_cmd, bare_port, data_dir) as bare,
+            process(lean_cmd, lean_port, data_dir) as lean,
             process(aegis_cmd(full_port, "full"), full_port, data_dir) as aegis_full,
             process(aegis_cmd(normal_port, "normal"), normal_port, data_dir) as aegis_normal,
             contextlib.ExitStack() as stack,
@@ -259,10 +285,11 @@ def main() -> None:
             paths: dict[str, str] = {
                 "direct": f"{llm.url}/v1/chat/completions",
                 "mitmproxy": f"{bare.url}/v1/chat/completions",
+                LEAN: f"{lean.url}/v1/chat/completions",
                 "aegis (audit.sync=full)": f"{aegis_full.url}/openai/v1/chat/completions",
                 "aegis (audit.sync=normal)": f"{aegis_normal.url}/openai/v1/chat/completions",
             }
-            pids = {"mitmproxy": bare.pid, "aegis (audit.sync=full)": aegis_full.pid}
+            pids = {"mitmproxy": bare.pid, LEAN: lean.pid, "aegis (audit.sync=full)": aegis_full.pid}
             pids["aegis (audit.sync=normal)"] = aegis_normal.pid
             for n, tree in enumerate(args.compare):
                 other_port, name = free_port(), f"aegis @{Path(tree).name} ({args.compare_sync})"
@@ -313,23 +340,24 @@ def main() -> None:
         row, cpu = table[name], cpu_ms[name]
         shown = "-       -" if cpu is None else f"{cpu[0]:.2f}{cpu[1]:>8.2f}"
         print(f"{name:<{width}}{row['p50']:>10.2f}{row['p99']:>10.2f}{row['rps']:>10.0f}{ttft[name]:>14.2f}{shown:>20}")
-    for name in paths:
-        if not name.startswith("aegis"):
-            continue
-        added_p50 = table[name]["p50"] - table["mitmproxy"]["p50"]
-        added_p99 = table[name]["p99"] - table["mitmproxy"]["p99"]
-        added_ttft = ttft[name] - ttft["mitmproxy"]
-        cpu, bare_cpu = cpu_ms[name], cpu_ms["mitmproxy"]
-        added_cpu = (
-            ""
-            if cpu is None or bare_cpu is None
-            else f", CPU {cpu[0] - bare_cpu[0]:+.2f} ms/req (event loop {cpu[1] - bare_cpu[1]:+.2f}, other threads "
-            f"{cpu[0] - cpu[1] - (bare_cpu[0] - bare_cpu[1]):+.2f})"
-        )
-        print(
-            f"{name} adds over bare mitmproxy: p50 {added_p50:+.2f} ms (target <= 0.5), p99 {added_p99:+.2f} ms "
-            f"(target <= 2), time to first token {added_ttft:+.2f} ms{added_cpu}"
-        )
+    for base, label in (("mitmproxy", "bare mitmproxy (mitmdump)"), (LEAN, "mitmproxy with aegis's addons")):
+        for name in paths:
+            if not name.startswith("aegis"):
+                continue
+            added_p50 = table[name]["p50"] - table[base]["p50"]
+            added_p99 = table[name]["p99"] - table[base]["p99"]
+            added_ttft = ttft[name] - ttft[base]
+            cpu, bare_cpu = cpu_ms[name], cpu_ms[base]
+            added_cpu = (
+                ""
+                if cpu is None or bare_cpu is None
+                else f", CPU {cpu[0] - bare_cpu[0]:+.2f} ms/req (event loop {cpu[1] - bare_cpu[1]:+.2f}, other "
+                f"threads {cpu[0] - cpu[1] - (bare_cpu[0] - bare_cpu[1]):+.2f})"
+            )
+            print(
+                f"{name} adds over {label}: p50 {added_p50:+.2f} ms (target <= 0.5), p99 {added_p99:+.2f} ms "
+                f"(target <= 2), time to first token {added_ttft:+.2f} ms{added_cpu}"
+            )
 
 
 if __name__ == "__main__":

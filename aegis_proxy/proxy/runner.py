@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import options
-from mitmproxy.tools.dump import DumpMaster
+from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig, update_alt_svc
+from mitmproxy.master import Master
 
 from aegis_proxy.errors import ConfigError
 from aegis_proxy.proxy import stream_end
@@ -75,13 +76,32 @@ def mitmproxy_options(settings: ProxySettings) -> dict[str, Any]:
     return values
 
 
-def build_master(settings: ProxySettings, addon: AegisAddon) -> DumpMaster:
+def proxy_addons() -> list[Any]:
+    """mitmproxy's own addons that aegis runs: what accepts, routes and encrypts connections, and guards the listener.
+
+    mitmdump loads 26 more (replay, map/modify rules, sticky cookies and auth, scripts, saving flows, the mitm.it
+    onboarding app, DNS): aegis sets none of their options, some would change traffic after our decision, and each
+    one costs every request something, since mitmproxy calls every hook on every addon (one hook through mitmdump's
+    35 addons: 87 us measured; a request goes through about ten hooks)."""
+    return [
+        core.Core(),  # option checks and flow commands
+        block.Block(),  # mitmproxy's guard: clients from public addresses are refused unless block_global is off
+        disable_h2c.DisableH2C(),  # h2c upgrade requests (addon._refuse_upgrades withdraws them too)
+        proxyserver.Proxyserver(),  # listeners, modes, connections
+        next_layer.NextLayer(),  # protocol detection; allow_hosts (forward mode decrypts only the routes' hosts)
+        tlsconfig.TlsConfig(),  # the CA, certificates, upstream verification
+        update_alt_svc.UpdateAltSvc(),  # reverse mode: an Alt-Svc header must not point clients past the proxy
+        errorcheck.ErrorCheck(),  # a startup error ends `aegis run` with its message
+    ]
+
+
+def build_master(settings: ProxySettings, addon: AegisAddon) -> Master:
     """A mitmproxy master with our addon. Must be called inside the event loop that will run it."""
     stream_end.install()  # the addon awaits streamed calls' decisions in this hook
     settings.confdir.mkdir(parents=True, exist_ok=True)
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=not settings.quiet, with_dumper=False)
-    master.addons.add(addon)
+    master = Master(opts, with_termlog=not settings.quiet)
+    master.addons.add(*proxy_addons(), addon)
     opts.update(**mitmproxy_options(settings))
     return master
 
@@ -123,7 +143,7 @@ class BackgroundProxy:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._master: DumpMaster | None = None
+        self._master: Master | None = None
         self._thread = threading.Thread(target=self._main, name="aegis-proxy", daemon=True)
 
     @property
@@ -179,7 +199,7 @@ def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
     loop.default_exception_handler(context)
 
 
-async def _wait_listening(master: DumpMaster, task: asyncio.Future[Any], timeout: float = 15.0) -> None:
+async def _wait_listening(master: Master, task: asyncio.Future[Any], timeout: float = 15.0) -> None:
     """Until mitmproxy's servers listen; raise what stopped them (a port in use, say)."""
     servers = master.addons.get("proxyserver").servers
     loop = asyncio.get_running_loop()
