@@ -231,3 +231,35 @@ def test_a_ruling_for_another_call_than_the_scout_saw_is_refused() -> None:
                 decider.release()
 
     run(scenario)
+
+
+def test_what_waits_for_a_decision_is_bounded() -> None:
+    # An upstream that keeps streaming after a call while it is being decided is not held without end.
+    api = Anthropic()
+    pieces = events("anthropic", Reply(tool_calls=(("read_file", {"path": "a.txt"}),)))
+    chatter = b"event: ping\ndata: " + b'{"type": "ping"}' + b"\n\n"
+
+    async def scenario() -> None:
+        decider = Decider(Judge())
+        lookahead = LookaheadStream(api.stream_filter, decider, max_waiting_bytes=4096)
+        for piece in pieces[:-2]:  # up to the call's end (before message_delta and message_stop)
+            lookahead.feed(piece)
+        assert decider.started
+        with pytest.raises(WireError, match="while a tool call was being decided"):
+            for _ in range(4096 // len(chatter) + 2):
+                lookahead.feed(chatter)
+
+    run(scenario)
+
+
+def test_without_a_pending_decision_nothing_waits_however_much_arrives() -> None:
+    api = Anthropic()
+    text = events("anthropic", Reply(text="word " * 2000))
+
+    async def scenario() -> bytes:
+        lookahead = LookaheadStream(api.stream_filter, Decider(Judge()), max_waiting_bytes=4096)
+        out = b"".join(lookahead.feed(piece) for piece in text)
+        await lookahead.finish()
+        return out + lookahead.close()
+
+    assert run(scenario) == b"".join(text)

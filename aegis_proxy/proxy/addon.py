@@ -446,7 +446,12 @@ class AegisAddon:
         def start(call: ToolCall) -> asyncio.Future[Ruling]:
             return asyncio.ensure_future(self._stream_ruling(flow, context, call))
 
-        return LookaheadStream(protocol.stream_filter, start, max_event_bytes=protocol.max_event_bytes)
+        return LookaheadStream(
+            protocol.stream_filter,
+            start,
+            max_event_bytes=protocol.max_event_bytes,
+            max_waiting_bytes=protocol.max_held_bytes,
+        )
 
     async def _stream_ruling(self, flow: http.HTTPFlow, context: CallContext, call: ToolCall) -> Ruling:
         """A streamed call's ruling. An ask is not held inside a stream: the agent is told the approval id, and once

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 
 from aegis_proxy.models import ToolCall
+from aegis_proxy.proxy.shape import DEFAULT_MAX_HELD_BYTES
 from aegis_proxy.proxy.sse import DEFAULT_MAX_EVENT_BYTES, SSEEvent, SSEParser
 from aegis_proxy.proxy.wire import Decide, Ruling, StreamFilter, WireError
 
@@ -47,9 +48,12 @@ class LookaheadStream:
         start: StartDecision,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_waiting_bytes: int = DEFAULT_MAX_HELD_BYTES,
     ) -> None:
         self._start = start
         self._parser = SSEParser(max_event_bytes)
+        self._max_waiting = max_waiting_bytes  # what may wait for decisions here, as a filter bounds what it holds
+        self._waiting_bytes = 0
         self._scout = make_filter(self._scouted)
         self._filter = make_filter(self._ruled)
         self._decisions: deque[tuple[ToolCall, asyncio.Future[Ruling]]] = deque()  # started, not yet ruled on
@@ -106,6 +110,12 @@ class LookaheadStream:
             self._scout.end()
         else:
             self._scout.event(event)
+            self._waiting_bytes += len(event.raw)
+            if self._waiting_bytes > self._max_waiting and not all(f.done() for _, f in self._decisions):
+                raise WireError(
+                    f"more than {self._max_waiting} bytes of the stream arrived while a tool call was being decided",
+                    hint="the upstream kept streaming after a tool call; it is not held without bound",
+                )
         self._waiting.append((event, self._started))
 
     def _scouted(self, call: ToolCall) -> Ruling:
@@ -119,7 +129,11 @@ class LookaheadStream:
         out: list[bytes] = []
         while self._waiting and all(future.done() for future in self._waiting[0][1]):
             event, _ = self._waiting.popleft()
-            out.append(self._filter.end() if event is _END else self._filter.event(event))
+            if event is _END:
+                out.append(self._filter.end())
+            else:
+                self._waiting_bytes -= len(event.raw)
+                out.append(self._filter.event(event))
         return b"".join(out)
 
     def _ruled(self, call: ToolCall) -> Ruling:

@@ -81,6 +81,7 @@ class LLMProtocol(Protocol):
 
     name: str  # "openai-chat", "openai-responses", "anthropic"; also ToolCall.protocol
     max_event_bytes: int  # the largest SSE event its stream filter reads (shape.Limits)
+    max_held_bytes: int  # the most its stream filter holds back for a decision (shape.Limits)
 
     def matches(self, path: str) -> bool:
         """Whether this protocol owns the upstream request path (route prefix already removed), e.g. /v1/messages."""
