@@ -7,10 +7,10 @@
 
 `decide` never raises: any failure (the firewall, the argument hash, the approvals database, the audit log) returns
 `deny` with a message saying why, and an audit record of the failure when the log can still take one. Nothing fails
-open. `await_approval` holds a non-streamed flow until a human answers (`aegis approvals approve|deny ID`, from any
-terminal or replica) or the approval times out; each outcome is its own audit record pointing at the ask.
+open. `await_approval` holds a flow, streamed or not, until a human answers (`aegis approvals approve|deny ID`, from
+any terminal or replica) or the approval times out; each outcome is its own audit record pointing at the ask.
 
-A streamed response cannot wait: the agent is told the approval id, and once a human approved it the identical call
+An approval decided while nobody waits for it (the replica holding the call died) is not lost: the identical call
 (same tool, server and arguments; same session or agent) passes exactly once through the consume path
 (docs/approvals.md).
 """
@@ -523,7 +523,7 @@ class Gate:
     # -- other records ------------------------------------------------------------------------------------------------
 
     def sweep_expired(self) -> int:
-        """Time out pending approvals nobody waits for (streamed asks, crashed replicas) and audit each once."""
+        """Time out pending approvals nobody waits for (their replica died, their wait failed) and audit each once."""
         written = 0
         for approval in self.approvals.expire(older_than=SWEEP_MARGIN):
             if approval.ask_seq is None:

@@ -49,7 +49,6 @@ from aegis_proxy.proxy.runner import free_port  # noqa: E402
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 AEGIS = [sys.executable, "-m", "aegis_proxy.cli"]
-APPROVAL_ID = re.compile(r"Approval id ([a-z2-7]{10})")
 
 Spec = tuple[str, dict[str, Any]]  # (tool, arguments)
 
@@ -300,12 +299,11 @@ class Cluster:
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
-    """What the agent saw: "allow" (its tool call arrived unchanged), "deny" (replaced by our message), "ask" (a
-    streamed hold naming an approval id) or "error" (no usable answer)."""
+    """What the agent saw: "allow" (its tool call arrived unchanged), "deny" (replaced by our message) or "error" (no
+    usable answer). A held call is one of the first two once a human answered, streamed or not."""
 
     effect: str
     text: str = ""
-    approval_id: str | None = None
 
 
 def chat_body(spec: Spec, *, stream: bool = False) -> dict[str, Any]:
@@ -356,8 +354,7 @@ def _streamed(client: httpx.Client, url: str, spec: Spec) -> Answer:
     if names:
         ok = "".join(names) == spec[0] and json.loads("".join(arguments)) == spec[1]
         return Answer("allow") if ok else Answer("error", "a different call came back")
-    found = APPROVAL_ID.search(said)
-    return Answer("ask", said, found.group(1)) if found else Answer("deny", said)
+    return Answer("deny", said) if said else Answer("error", "neither a tool call nor a message")
 
 
 # -- the load ---------------------------------------------------------------------------------------------------------

@@ -254,7 +254,7 @@ def test_sweeper_times_out_unwatched_asks_once(tmp_path: Path, monkeypatch: pyte
     clock = Clock()
     gate.approvals = ApprovalStore(gate.writer.store.engine, clock=clock)
     try:
-        asked = gate.decide(call("write_file"), ctx(gate))  # a streamed ask: nobody waits for it
+        asked = gate.decide(call("write_file"), ctx(gate))  # nobody waits for it (as when its replica died)
         assert gate.sweep_expired() == 0
         clock.now += 30 + 6  # past the timeout and the sweeper's margin
         assert gate.sweep_expired() == 1

@@ -25,6 +25,7 @@ from aegis_proxy.config import AegisConfig, load_config
 from aegis_proxy.demo.script import verified_records
 from aegis_proxy.demo.upstream import Reply, ScriptedLLM
 from aegis_proxy.gate import Gate
+from aegis_proxy.models import CallContext, ToolCall
 from aegis_proxy.proxy import serve
 from aegis_proxy.proxy.runner import BackgroundProxy, free_port
 from tests.operator import answer_first_pending
@@ -243,29 +244,91 @@ def test_held_call_rejected_by_a_human_is_denied(firewall: Firewall) -> None:
     assert "aegis-proxy blocked tool call `write_file`" in (choice.message.content or "")
 
 
-def test_streamed_ask_names_the_approval_and_the_identical_retry_passes_once(firewall: Firewall) -> None:
-    client = firewall.openai()
-    firewall.llm.enqueue(Reply(tool_calls=(HELD,)))
-    text = "".join(
-        c.choices[0].delta.content or "" for c in client.chat.completions.create(model="m", messages=USER, stream=True)
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+@pytest.mark.parametrize("approve", [True, False])
+def test_a_held_call_in_a_stream_waits_for_a_human(firewall: Firewall, protocol: str, approve: bool) -> None:
+    # The text before the call reaches the agent at once; the call waits in the stream until the human answers.
+    # The human answers only once the agent has read that text: were the text held with the call, nobody would answer
+    # and the hold would time out.
+    firewall.llm.enqueue(Reply(text="Updating your shell profile.", tool_calls=(HELD,)))
+    text_seen = threading.Event()
+
+    def human() -> None:
+        store = ApprovalStore(firewall.config.audit.db)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                pending = store.list() if text_seen.is_set() else []
+                if pending:
+                    store.resolve(pending[0].id, approve, "test-operator")
+                    return
+                time.sleep(0.05)
+        finally:
+            store.close()
+
+    answer = threading.Thread(target=human, daemon=True)
+    answer.start()
+    started = time.monotonic()
+    if protocol == "anthropic":
+        kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
+        with firewall.anthropic().messages.stream(**kwargs) as events:
+            for event in events:
+                if event.type == "text":
+                    text_seen.set()
+            message = events.get_final_message()
+        calls = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+        text = "".join(b.text for b in message.content if b.type == "text")
+    else:
+        arguments, names, text = "", "", ""
+        for chunk in firewall.openai().chat.completions.create(model="m", messages=USER, stream=True):
+            delta = chunk.choices[0].delta
+            if delta.content:
+                text_seen.set()
+            text += delta.content or ""
+            for call in delta.tool_calls or []:
+                names += (call.function.name or "") if call.function else ""
+                arguments += (call.function.arguments or "") if call.function else ""
+        calls = [(names, json.loads(arguments))] if names else []
+    answer.join()
+    assert time.monotonic() - started < 10
+    assert "Updating your shell profile." in text
+    if approve:
+        assert calls == [HELD]
+    else:
+        assert calls == [] and "aegis-proxy blocked tool call `write_file`" in text
+    records = firewall.records()
+    ask = next(r for r in records if r["type"] == "decision" and r["decision"] == "ask")
+    outcome = next(r for r in records if r["type"] == "approval")
+    assert (outcome["ref_seq"], outcome["decision"]) == (ask["seq"], "allow" if approve else "deny")
+    assert outcome["approver"] == "test-operator"
+
+
+def test_an_approval_nobody_waits_for_lets_the_identical_call_pass_once(firewall: Firewall) -> None:
+    # A replica holding the call died before the human answered: the approval is used by the agent's retry, once.
+    firewall.gate.decide(
+        ToolCall(id="lost", tool=HELD[0], arguments=HELD[1], protocol="openai-chat"),
+        CallContext(session_id="s-1"),
     )
     store = ApprovalStore(firewall.config.audit.db)
     try:
         (pending,) = store.list()
-        assert pending.id in text
         store.resolve(pending.id, True, "test-operator")
     finally:
         store.close()
+    client = firewall.openai()
     firewall.llm.enqueue(Reply(tool_calls=(HELD,)), Reply(tool_calls=(HELD,)))
+    answer = firewall.approve_when_pending(approve=False)  # the second retry is held again; a human refuses it
+    headers = {"x-aegis-session": "s-1"}
     passed = [
-        sum(
-            len(c.choices[0].delta.tool_calls or []) > 0
-            for c in client.chat.completions.create(model="m", messages=USER, stream=True)
+        bool(
+            client.chat.completions.create(model="m", messages=USER, extra_headers=headers)
+            .choices[0]
+            .message.tool_calls
         )
-        > 0
         for _ in range(2)
     ]
-    assert passed == [True, False]  # approved once, consumed once; the second retry is held again
+    answer.join()
+    assert passed == [True, False]
 
 
 # -- failures ---------------------------------------------------------------------------------------------------------

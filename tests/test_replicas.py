@@ -1,8 +1,9 @@
 """Fault test of the scale-out topology: three `aegis run` processes on their own ports share one PostgreSQL audit log
 (one origin, one signing key, as deploy/ runs them). Clients drive mixed traffic through all three: allowed, denied and
-held calls. A streamed hold on one replica is approved with `aegis approvals approve ID --db URL` from another terminal,
-and the identical retry passes through a different replica; held calls during the load are resolved by an operator
-process. One replica is killed with SIGKILL mid-load and restarted.
+held calls. A call held inside a stream on one replica is approved with `aegis approvals approve ID --db URL` from
+another terminal while the stream waits, and its identical retry through another replica is held again (an approval is
+used once); held calls during the load are resolved by an operator process. One replica is killed with SIGKILL
+mid-load and restarted.
 
 Afterwards `aegis audit verify` passes over one contiguous chain written by all three replicas, and every decision a
 client received has its record: each call carries a unique nonce in its arguments, so the client's answer is matched
@@ -54,6 +55,33 @@ def _spec(kind: str, nonce: str) -> Spec:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*AEGIS, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def _answer_when_pending(
+    db: str, cwd: Path, cli: list[subprocess.CompletedProcess[str]], *, approve: bool, by: str
+) -> threading.Thread:
+    """A human in another terminal: waits for the pending approval, then approves it with the real CLI (its result
+    goes to `cli`) or denies it."""
+
+    def run() -> None:
+        store = ApprovalStore(db)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pending = store.list()
+                if pending:
+                    if approve:
+                        cli.append(_cli("approvals", "approve", pending[0].id, "--db", db, "--by", by, cwd=cwd))
+                    else:
+                        store.resolve(pending[0].id, False, by)
+                    return
+                time.sleep(0.05)
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 class Operator:
@@ -155,23 +183,22 @@ def test_three_replicas_one_chain_through_a_sigkill(tmp_path: Path) -> None:
         cluster = Cluster(tmp_path, replicas=3, db=db, origin=origin, upstream=llm.url, approval_timeout=30)
         with cluster:
             replicas = cluster.replicas
-            # 1. Held inside a stream on replica 0; approved from another terminal's CLI; the identical call passes
-            #    once through replica 2 (approvals live in the shared database).
+            # 1. Held inside a stream on replica 0 until approved from another terminal's CLI (approvals live in the
+            #    shared database); the identical call through replica 2 is held again (an approval is used once), and
+            #    refused.
             streamed = held("streamed")
             with httpx.Client(timeout=60) as session:
+                cli: list[subprocess.CompletedProcess[str]] = []
+                human = _answer_when_pending(db, tmp_path, cli, approve=True, by="ops-2")
                 first = chat(session, replicas[0].url, streamed, stream=True)
-                assert first.effect == "ask" and first.approval_id, first
-                done = _cli("approvals", "approve", first.approval_id, "--db", db, "--by", "ops-2", cwd=tmp_path)
-                assert done.returncode == 0, done.stderr
-                assert f"approved {first.approval_id} by ops-2" in done.stdout
-                assert chat(session, replicas[2].url, streamed).effect == "allow"
-                again = chat(session, replicas[1].url, streamed, stream=True)  # used once: this is a new hold
-                assert again.effect == "ask" and again.approval_id not in (None, first.approval_id), again
-                store = ApprovalStore(db)
-                try:
-                    store.resolve(again.approval_id, False, "ops")
-                finally:
-                    store.close()
+                human.join(60)
+                assert first.effect == "allow", first
+                assert len(cli) == 1 and cli[0].returncode == 0, cli
+                assert "approved" in cli[0].stdout and "by ops-2" in cli[0].stdout
+                human = _answer_when_pending(db, tmp_path, cli, approve=False, by="ops")
+                again = chat(session, replicas[2].url, streamed, stream=True)
+                human.join(60)
+                assert again.effect == "deny" and "a human (ops) denied this call" in again.text, again
 
             # 2. Mixed load through all three; replica 1 is killed mid-load and restarted.
             sent: list[Sent] = []
@@ -241,9 +268,12 @@ def test_three_replicas_one_chain_through_a_sigkill(tmp_path: Path) -> None:
             assert resolution["decision"] == s.answer.effect, (s, resolution)
         else:
             assert record["decision"] == s.kind == s.answer.effect, (s, record)
-    # And the streamed hold: its ask, the CLI approval consumed by replica 2's identical call, then a fresh ask.
+    # And the streamed holds: the first approved by the CLI and recorded by replica 0, which held the stream; the
+    # identical call a fresh ask on replica 2, refused.
     streamed_asks = [b for b in decisions.get("streamed", []) if b["decision"] == "ask"]
     assert len(streamed_asks) == 2
-    consumed = resolutions.get(streamed_asks[0]["seq"])
-    assert consumed is not None and consumed["decision"] == "allow" and consumed["approver"] == "ops-2"
-    assert consumed["replica"] == "replica-2"
+    approved = resolutions.get(streamed_asks[0]["seq"])
+    assert approved is not None and (approved["decision"], approved["approver"]) == ("allow", "ops-2")
+    assert approved["replica"] == "replica-0"
+    refused = resolutions.get(streamed_asks[1]["seq"])
+    assert refused is not None and (refused["decision"], refused["replica"]) == ("deny", "replica-2")

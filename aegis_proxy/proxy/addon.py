@@ -454,12 +454,11 @@ class AegisAddon:
         )
 
     async def _stream_ruling(self, flow: http.HTTPFlow, context: CallContext, call: ToolCall) -> Ruling:
-        """A streamed call's ruling. An ask is not held inside a stream: the agent is told the approval id, and once
-        approved, the identical call passes once (docs/approvals.md). Never raises: the gate denies on its own
-        failures, and anything else here is a deny too."""
+        """A streamed call's ruling: `ruling`, an ask held until a human answers as in a whole answer (the stream's
+        end waits for it in the aegis_stream_end hook). Never raises: the gate denies on its own failures, and
+        anything else here is a deny too."""
         try:
-            outcome = await self.gate.decide_async(call, context, request_id=flow.id)
-            return Ruling(call_id=call.id, allow=outcome.effect == "allow", message=outcome.message)
+            return await self.ruling(flow, context, call)
         except Exception as error:
             self._audit_failure(flow, "stream", f"{type(error).__name__}: {error}")
             return Ruling(call_id=call.id, allow=False, message="aegis-proxy could not decide this call")
