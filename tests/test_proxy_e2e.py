@@ -252,22 +252,7 @@ def test_a_held_call_in_a_stream_waits_for_a_human(firewall: Firewall, protocol:
     # and the hold would time out.
     firewall.llm.enqueue(Reply(text="Updating your shell profile.", tool_calls=(HELD,)))
     text_seen = threading.Event()
-
-    def human() -> None:
-        store = ApprovalStore(firewall.config.audit.db)
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                pending = store.list() if text_seen.is_set() else []
-                if pending:
-                    store.resolve(pending[0].id, approve, "test-operator")
-                    return
-                time.sleep(0.05)
-        finally:
-            store.close()
-
-    answer = threading.Thread(target=human, daemon=True)
-    answer.start()
+    answer = answer_first_pending(firewall.config.audit.db, approve, after=text_seen)
     started = time.monotonic()
     if protocol == "anthropic":
         kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}

@@ -100,6 +100,15 @@ def fed(api: LLMProtocol, pieces: list[bytes], judge: Judge) -> bytes:
     return b"".join(f.feed(piece) for piece in pieces)
 
 
+def until_a_decision(lookahead: LookaheadStream, decider: Decider, pieces: list[bytes]) -> tuple[bytes, int]:
+    """Feed pieces up to the one that starts a decision: what was sent, and how many pieces were read."""
+    sent, read = b"", 0
+    while not decider.started:
+        sent += lookahead.feed(pieces[read])
+        read += 1
+    return sent, read
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_text_passes_at_once_and_nothing_from_a_calls_end_on_before_its_ruling(protocol: str) -> None:
     api = PROTOCOLS[protocol][0]
@@ -108,11 +117,7 @@ def test_text_passes_at_once_and_nothing_from_a_calls_end_on_before_its_ruling(p
     async def scenario() -> None:
         decider = Decider(Judge())
         lookahead = LookaheadStream(api.stream_filter, decider)
-        sent = b""
-        read = 0
-        while not decider.started:
-            sent += lookahead.feed(pieces[read])
-            read += 1
+        sent, read = until_a_decision(lookahead, decider, pieces)
         # Up to the chunk that completes the call, the client got what the synchronous filter sends; that chunk
         # waits whole, and so does everything after it, in order, until the ruling is made.
         assert sent == fed(api, pieces[: read - 1], Judge()) and b"Reading" in sent
@@ -134,11 +139,7 @@ def test_a_chunk_that_arrives_after_the_ruling_releases_what_waited(protocol: st
     async def scenario() -> None:
         decider = Decider(Judge("run_shell"))
         lookahead = LookaheadStream(api.stream_filter, decider)
-        sent = b""
-        read = 0
-        while not decider.started:
-            sent += lookahead.feed(pieces[read])
-            read += 1
+        sent, read = until_a_decision(lookahead, decider, pieces)
         decider.release()
         sent += lookahead.feed(pieces[read])  # finds the ruling made: what waited goes out with it
         assert sent == fed(api, pieces[: read + 1], Judge("run_shell"))

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from aegis_proxy.approvals import ApprovalStore
 from aegis_proxy.audit.store import audit_arguments, audit_records
 from bench.load import AEGIS, Answer, Cluster, Spec, allowed, chat, denied, echo_llm, held
+from tests.operator import answer_first_pending
 from tests.pg import pg_schema_url
 
 LOAD_SECONDS = 12.0  # at least; and at least AFTER_RESTART seconds after the killed replica is back
@@ -57,31 +58,14 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*AEGIS, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
-def _answer_when_pending(
-    db: str, cwd: Path, cli: list[subprocess.CompletedProcess[str]], *, approve: bool, by: str
-) -> threading.Thread:
-    """A human in another terminal: waits for the pending approval, then approves it with the real CLI (its result
-    goes to `cli`) or denies it."""
-
-    def run() -> None:
-        store = ApprovalStore(db)
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                pending = store.list()
-                if pending:
-                    if approve:
-                        cli.append(_cli("approvals", "approve", pending[0].id, "--db", db, "--by", by, cwd=cwd))
-                    else:
-                        store.resolve(pending[0].id, False, by)
-                    return
-                time.sleep(0.05)
-        finally:
-            store.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+def _approve_with_the_cli(db: str, cwd: Path, by: str, out: list[subprocess.CompletedProcess[str]]) -> threading.Thread:
+    """A human in another terminal: approves the pending approval with the real CLI; its result goes to `out`."""
+    return answer_first_pending(
+        db,
+        True,
+        timeout=30,
+        resolve=lambda approval: out.append(_cli("approvals", "approve", approval.id, "--db", db, "--by", by, cwd=cwd)),
+    )
 
 
 class Operator:
@@ -189,13 +173,13 @@ def test_three_replicas_one_chain_through_a_sigkill(tmp_path: Path) -> None:
             streamed = held("streamed")
             with httpx.Client(timeout=60) as session:
                 cli: list[subprocess.CompletedProcess[str]] = []
-                human = _answer_when_pending(db, tmp_path, cli, approve=True, by="ops-2")
+                human = _approve_with_the_cli(db, tmp_path, "ops-2", cli)
                 first = chat(session, replicas[0].url, streamed, stream=True)
                 human.join(60)
                 assert first.effect == "allow", first
                 assert len(cli) == 1 and cli[0].returncode == 0, cli
                 assert "approved" in cli[0].stdout and "by ops-2" in cli[0].stdout
-                human = _answer_when_pending(db, tmp_path, cli, approve=False, by="ops")
+                human = answer_first_pending(db, False, by="ops", timeout=30)
                 again = chat(session, replicas[2].url, streamed, stream=True)
                 human.join(60)
                 assert again.effect == "deny" and "a human (ops) denied this call" in again.text, again
