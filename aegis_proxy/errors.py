@@ -23,5 +23,10 @@ class InputError(AegisError):
     """A request, line or record is malformed; we refuse it rather than guess."""
 
 
+class WireError(InputError):
+    """A body of a known endpoint (an LLM or MCP request, answer or stream) that we cannot parse exactly. The flow is
+    blocked, never forwarded as-is (aegis_proxy/proxy/wire.py)."""
+
+
 class PatternError(AegisError):
     """A regular expression cannot be compiled by the linear-time engine."""

@@ -13,7 +13,7 @@ same filter without that wait:
    including that event has finished; until then the event waits here, in order. Both instances read the same events,
    and what a filter reads never depends on a ruling (only what it writes does), so the filter asks for the same calls
    in the same order and is answered with the finished rulings. An event's JSON is parsed once for both
-   (sse.event_json).
+   (wire.event_json).
 4. When the upstream's stream ends, `finish()` (awaited by the `aegis_stream_end` hook, proxy/stream_end.py, before
    mitmproxy asks for the stream's last bytes) reads the stream's end and waits for every decision; `close()` then
    releases the rest.

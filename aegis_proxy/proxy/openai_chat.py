@@ -19,7 +19,7 @@ from typing import Any
 
 from aegis_proxy.models import Message, Role, ToolCall
 from aegis_proxy.proxy import shape
-from aegis_proxy.proxy.sse import EventFilter, SSEEvent, event_json, format_event
+from aegis_proxy.proxy.sse import EventFilter, SSEEvent, format_event
 from aegis_proxy.proxy.wire import (
     Decide,
     RequestView,
@@ -28,6 +28,7 @@ from aegis_proxy.proxy.wire import (
     WireError,
     blocked_text,
     dump_json,
+    event_json,
     load_json,
 )
 

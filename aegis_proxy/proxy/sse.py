@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from aegis_proxy.proxy.wire import WireError, load_json
+from aegis_proxy.errors import WireError
 
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024  # a Responses `response.completed` carries the whole answer
 _BOM = b"\xef\xbb\xbf"
@@ -31,7 +31,7 @@ class SSEEvent:
     id: str | None = None
     retry: int | None = None
     comments: tuple[str, ...] = ()
-    # `data` parsed as JSON, once for every reader of this event (event_json); never mutated by a reader
+    # `data` parsed as JSON, once for every reader of this event (wire.event_json); never mutated by a reader
     parsed: list[Any] = dataclasses.field(default_factory=list, compare=False, hash=False, repr=False)
 
 
@@ -156,14 +156,6 @@ class SSEParser:
         self._retry = None
         self._comments = []
         return event
-
-
-def event_json(event: SSEEvent, what: str) -> Any:
-    """The event's data as strict JSON (wire.load_json), parsed once however many filters read the event (the
-    look-ahead reads each event twice, proxy/lookahead.py). Readers must not mutate it: they copy before changing."""
-    if not event.parsed:
-        event.parsed.append(load_json(event.data or "", what))
-    return event.parsed[0]
 
 
 class EventFilter:

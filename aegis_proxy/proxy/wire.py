@@ -14,18 +14,14 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
-from aegis_proxy.errors import InputError
+from aegis_proxy.errors import WireError
 from aegis_proxy.models import Message, ToolCall
+from aegis_proxy.proxy.sse import SSEEvent
 from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
 
-if TYPE_CHECKING:
-    from aegis_proxy.proxy.sse import SSEEvent  # sse imports this module
-
-
-class WireError(InputError):
-    """A body of a known endpoint that we cannot parse exactly. The flow is blocked, never forwarded as-is."""
+__all__ = ["WireError"]  # re-exported: the wire modules' error, defined with the project's other errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +119,14 @@ def load_json(data: bytes | str, what: str) -> object:
         # parsers disagree on a lone surrogate (error, U+FFFD, kept): another reading of the same body
         raise WireError(f"{what}: a string holds a lone UTF-16 surrogate", hint="the body must be plain JSON")
     return value
+
+
+def event_json(event: SSEEvent, what: str) -> Any:
+    """A server-sent event's data as strict JSON (load_json), parsed once however many filters read the event (the
+    look-ahead reads each event twice, proxy/lookahead.py). Readers must not mutate it: they copy before changing."""
+    if not event.parsed:
+        event.parsed.append(load_json(event.data or "", what))
+    return event.parsed[0]
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
