@@ -10,6 +10,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aegis_proxy.demo.upstream import Reply, anthropic_stream, chat_stream, responses_stream
 from aegis_proxy.models import ToolCall
@@ -264,3 +266,33 @@ def test_without_a_pending_decision_nothing_waits_however_much_arrives() -> None
         return out + lookahead.close()
 
     assert run(scenario) == b"".join(text)
+
+
+@given(
+    protocol=st.sampled_from(sorted(PROTOCOLS)),
+    blocked=st.sets(st.sampled_from(["read_file", "run_shell", "list_dir"])),
+    cuts=st.lists(st.integers(min_value=1, max_value=10_000), max_size=20),
+    releases=st.lists(st.booleans(), min_size=1, max_size=40),
+)
+def test_any_chunking_and_any_decision_timing_give_the_synchronous_output(
+    protocol: str, blocked: set[str], cuts: list[int], releases: list[bool]
+) -> None:
+    api = PROTOCOLS[protocol][0]
+    stream = b"".join(events(protocol))
+    points = sorted({c % len(stream) for c in cuts} - {0})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    expected = run_filter(api, stream, Judge(*blocked), chunks)
+
+    async def scenario() -> bytes:
+        decider = Decider(Judge(*blocked))
+        lookahead = LookaheadStream(api.stream_filter, decider)
+        out = b""
+        for n, chunk in enumerate(chunks):
+            out += lookahead.feed(chunk)
+            if releases[n % len(releases)]:  # decisions finish between some chunks, not others
+                decider.release()
+        decider.release()
+        await lookahead.finish()
+        return out + lookahead.close()
+
+    assert run(scenario) == expected
