@@ -726,7 +726,7 @@ def _resolve_approval(args: argparse.Namespace, approve: bool) -> int:
     verb = "approved" if approve else "denied"
     print(f"{verb} {approval.id} by {printable(approval.resolver)}: {printable(approval.summary)}")
     if approve:
-        print("the held call proceeds; a streamed agent's identical retry is allowed once")
+        print("the held call proceeds (if nobody waits for it any more, the agent's identical retry passes once)")
     return EXIT_OK
 
 
@@ -748,7 +748,7 @@ APPROVALS_COMMANDS: tuple[Command, ...] = (
     ),
     (
         "approve",
-        "Approve a held call: it proceeds (or, if the agent was told the id, its identical retry passes once).",
+        "Approve a held call: it proceeds (or, if nobody waits for it any more, its identical retry passes once).",
         "  aegis approvals approve k3x7qa2mzp --by alice\n"
         "Exit status: 0 approved, 2 unknown id, not pending (already decided or timed out), or bad usage.",
         _args_approvals_resolve,
