@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from aegis_proxy.probe.backbone import Model
 
+
 CARD_FORMAT = "aegis-probe-head/1"
 HEADS = ("risk", "injection")
 INPUTS = {"risk": "render_call/2", "injection": "segments/1"}  # what `train` writes
@@ -273,6 +274,13 @@ def read_card(path: Path) -> dict[str, Any]:
     if card.get("format") != CARD_FORMAT:
         raise _bad(path, f"format {card.get('format')!r} is not {CARD_FORMAT!r}")
     return card
+
+
+def load_head_for(model: Model, directory: Path, name: str) -> Head:
+    """`load_head` for the backbone `model`: a head trained on other weights or sizes is refused."""
+    return load_head(
+        directory, name, backbone_digest=model.digest, num_layers=model.num_layers, hidden_size=model.hidden_size
+    )
 
 
 def load_head(

@@ -34,7 +34,7 @@ from aegis_proxy.probe.head import (
     candidate_specs,
     fit_logistic,
     fit_mlp,
-    load_head,
+    load_head_for,
     mlp_scores,
 )
 from aegis_proxy.probe.metrics import auroc, summary, threshold_at_tpr
@@ -330,13 +330,7 @@ def evaluate(
         "data_manifest_sha256": dataset.manifest_digest(data_dir),
     }
     for head_name in heads:
-        head = load_head(
-            heads_dir,
-            head_name,
-            backbone_digest=backbone.digest,
-            num_layers=backbone.num_layers,
-            hidden_size=backbone.hidden_size,
-        )
+        head = load_head_for(backbone, heads_dir, head_name)
         trained_on = head.card.get("data", {}).get("manifest_sha256")
         if trained_on != report["data_manifest_sha256"]:
             # Another build may put training items in this test split: the numbers would flatter the head.

@@ -24,7 +24,7 @@ from aegis_proxy.probe import dataset
 from aegis_proxy.probe.backbone import Model, require_torch
 from aegis_proxy.probe.errors import ProbeError
 from aegis_proxy.probe.features import DEFAULT_CACHE_DIR, FeatureCache
-from aegis_proxy.probe.head import HEADS, Head, MLPSettings, fit_logistic, fit_mlp, load_head, mlp_scores
+from aegis_proxy.probe.head import HEADS, Head, MLPSettings, fit_logistic, fit_mlp, load_head_for, mlp_scores
 from aegis_proxy.probe.metrics import auroc
 from aegis_proxy.probe.pipeline import DEFAULT_L2, FOLDS, Example, Log, _at_threshold, _examples, replace_block
 from aegis_proxy.probe.precision import COMPUTE_PRECISIONS
@@ -110,13 +110,7 @@ def check_precisions(
     any_model = next(iter(backbones.values()))
     report: dict[str, Any] = {"backbone": any_model.name, "rule": RULE, "heads": {}}
     for head_name in heads:
-        head = load_head(
-            heads_dir,
-            head_name,
-            backbone_digest=any_model.digest,
-            num_layers=any_model.num_layers,
-            hidden_size=any_model.hidden_size,
-        )
+        head = load_head_for(any_model, heads_dir, head_name)
         reference = head.trained_precision
         if reference not in backbones:
             raise ProbeError(

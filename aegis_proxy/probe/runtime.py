@@ -53,7 +53,7 @@ from aegis_proxy.errors import AegisError
 from aegis_proxy.models import CallContext, Role, ToolCall
 from aegis_proxy.probe.backbone import DEFAULT_BACKBONE, Model, default_threads, open_model, set_threads
 from aegis_proxy.probe.errors import ProbeError
-from aegis_proxy.probe.head import HEADS, Head, load_head
+from aegis_proxy.probe.head import HEADS, Head, load_head_for
 from aegis_proxy.probe.precision import AUTO, check_requested, choose
 from aegis_proxy.probe.render import (
     MAX_SEGMENTS_PER_MESSAGE,
@@ -273,16 +273,7 @@ class ProbeScorer:
         # Opened at fp32 (no weights prepared twice): the precision is chosen below, once the heads are known.
         backbone = open_model(settings.backbone, max_length=settings.max_length, device=settings.device)
         directory = settings.heads_dir or PROBES_DIR / backbone.name
-        loaded = {
-            name: load_head(
-                directory,
-                name,
-                backbone_digest=backbone.digest,
-                num_layers=backbone.num_layers,
-                hidden_size=backbone.hidden_size,
-            )
-            for name in heads
-        }
+        loaded = {name: load_head_for(backbone, directory, name) for name in heads}
         # Only a precision every head was trained on or validated for: another would move the scores unmeasured.
         validated = frozenset.intersection(*(h.validated_precisions for h in loaded.values())) if loaded else None
         backbone.set_precision(choose(settings.precision, backbone.device, validated, backbone.implemented_precisions))
