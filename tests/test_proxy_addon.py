@@ -584,6 +584,23 @@ def test_safe_stream_never_returns_an_empty_chunk() -> None:
     assert stream(b"data: {}\n\n") == [] and stream(b"") == []
 
 
+def test_only_a_stream_with_decisions_asks_for_the_end_hook(gate: Gate) -> None:
+    # An MCP answer's stream (no tool call decided in it) ends as mitmproxy ends it: no hook, no error event.
+    class Passing:
+        def feed(self, chunk: bytes) -> bytes:
+            return chunk
+
+        def close(self) -> bytes:
+            return b": end\n\n"
+
+    failures: list[str] = []
+    plain = SafeStream(Passing(), "mcp", failures.append)  # type: ignore[arg-type]
+    assert not plain.awaits_end
+    asyncio.run(AegisAddon(gate, [OpenAIChat()]).aegis_stream_end(plain))
+    assert plain(b"event: message\ndata: {}\n\n") == [b"event: message\ndata: {}\n\n"]
+    assert plain(b"") == [b": end\n\n"] and failures == []
+
+
 @pytest.mark.parametrize("protocol", ["openai-chat", "anthropic", None])
 def test_error_shapes_are_what_the_sdks_raise_on(protocol: str | None) -> None:
     body = json.loads(error_body(protocol, "no"))

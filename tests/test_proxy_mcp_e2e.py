@@ -87,6 +87,9 @@ def test_allowed_call_runs_on_the_server(setup: Setup) -> None:
     is_error, text = setup.call("read_file", {"path": "/workspace/README.md"})
     assert not is_error and "Demo project" in text
     assert setup.server.calls == [("read_file", {"path": "/workspace/README.md"})]
+    # One decision, and nothing failed on the way back (an SSE answer is passed on to its end, with no error event).
+    decisions = [(r["tool"], r["decision"], r["rules"]) for r in setup.records() if r["type"] == "decision"]
+    assert [(tool, decision) for tool, decision, _ in decisions] == [("read_file", "allow")], decisions
 
 
 def test_denied_call_never_reaches_the_server(setup: Setup) -> None:

@@ -44,7 +44,7 @@ from aegis_proxy.models import CallContext, ToolCall
 from aegis_proxy.proxy import identity
 from aegis_proxy.proxy.lookahead import LookaheadStream
 from aegis_proxy.proxy.routes import RouteTable, Target
-from aegis_proxy.proxy.wire import LLMProtocol, RequestView, Ruling, WireError
+from aegis_proxy.proxy.wire import LLMProtocol, RequestView, Ruling, StreamFilter, WireError
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,11 @@ def _fail_closed(phase: str) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 
 class SafeStream:
-    """mitmproxy's stream callable around a LookaheadStream. A failure ends the stream with an error event and drops
-    everything after it: held tool-call events are never released (fail closed)."""
+    """mitmproxy's stream callable around a stream filter: an LLM answer's LookaheadStream, or an MCP answer's
+    McpStream. A failure ends the stream with an error event and drops everything after it: held tool-call events are
+    never released (fail closed)."""
 
-    awaits_end = True  # asks mitmproxy's HTTP layer for the aegis_stream_end hook (proxy/stream_end.py)
-
-    def __init__(self, inner: LookaheadStream, protocol: str, on_failure: Callable[[str], None]) -> None:
+    def __init__(self, inner: StreamFilter, protocol: str, on_failure: Callable[[str], None]) -> None:
         self.inner = inner
         self.protocol = protocol
         self.on_failure = on_failure
@@ -180,11 +179,18 @@ class SafeStream:
                 log.exception("aegis: recording a stream failure failed")
             return [stream_error_event(self.protocol, f"aegis-proxy blocked the rest of this response: {reason}")]
 
+    @property
+    def awaits_end(self) -> bool:
+        """Whether mitmproxy's HTTP layer runs the aegis_stream_end hook before this stream's end (proxy/stream_end.py):
+        only a LookaheadStream has decisions to wait for."""
+        return isinstance(self.inner, LookaheadStream) and not self.failed
+
     async def finish(self) -> None:
         """Wait for the stream's decisions (the aegis_stream_end hook). Never raises an Exception: a failure here
         makes the stream's end an error event instead of the held calls."""
-        if self.failed:
+        if not self.awaits_end:
             return
+        assert isinstance(self.inner, LookaheadStream)
         try:
             await self.inner.finish()
         except Exception as error:
