@@ -33,7 +33,7 @@ from collections.abc import Callable
 from aegis_proxy.models import ToolCall
 from aegis_proxy.proxy.shape import DEFAULT_MAX_HELD_BYTES
 from aegis_proxy.proxy.sse import DEFAULT_MAX_EVENT_BYTES, SSEEvent, SSEParser
-from aegis_proxy.proxy.wire import Decide, Ruling, StreamFilter, WireError
+from aegis_proxy.proxy.wire import Decide, EventStreamFilter, Ruling, WireError
 
 StartDecision = Callable[[ToolCall], "asyncio.Future[Ruling]"]
 _END = None  # in the waiting queue: the stream's end, after its last event
@@ -44,7 +44,7 @@ class LookaheadStream:
 
     def __init__(
         self,
-        make_filter: Callable[[Decide], StreamFilter],
+        make_filter: Callable[[Decide], EventStreamFilter],
         start: StartDecision,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,

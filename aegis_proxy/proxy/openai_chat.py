@@ -22,9 +22,9 @@ from aegis_proxy.proxy import shape
 from aegis_proxy.proxy.sse import EventFilter, SSEEvent, format_event
 from aegis_proxy.proxy.wire import (
     Decide,
+    EventStreamFilter,
     RequestView,
     Ruling,
-    StreamFilter,
     WireError,
     blocked_text,
     dump_json,
@@ -169,7 +169,7 @@ class OpenAIChat(shape.Limits):
                     choice["finish_reason"] = "stop"
         return dump_json(data).encode("utf-8")
 
-    def stream_filter(self, decide: Decide) -> StreamFilter:
+    def stream_filter(self, decide: Decide) -> EventStreamFilter:
         return OpenAIChatStream(decide, max_event_bytes=self.max_event_bytes, max_held_bytes=self.max_held_bytes)
 
 

@@ -65,11 +65,16 @@ class StreamFilter(Protocol):
         """End of the upstream stream: the rest to send. Raises WireError if the stream ended mid-event/mid-call."""
         ...
 
-    # The same, one parsed event at a time (sse.EventFilter implements feed/close with these): the look-ahead
-    # (proxy/lookahead.py) parses the stream once and hands each event to two filters.
+
+class EventStreamFilter(StreamFilter, Protocol):
+    """A StreamFilter that also reads one parsed event at a time (sse.EventFilter implements feed/close with these):
+    the look-ahead (proxy/lookahead.py) parses a stream once and hands each event to two filters."""
+
     def event(self, event: SSEEvent) -> bytes: ...
 
-    def end(self) -> bytes: ...
+    def end(self) -> bytes:
+        """The stream's last event was read: the rest to send. Never decides: every call is complete by then."""
+        ...
 
 
 class LLMProtocol(Protocol):
@@ -93,7 +98,7 @@ class LLMProtocol(Protocol):
         """The response with every blocked call replaced by assistant text; still valid for the official SDKs."""
         ...
 
-    def stream_filter(self, decide: Decide) -> StreamFilter: ...
+    def stream_filter(self, decide: Decide) -> EventStreamFilter: ...
 
 
 def load_json(data: bytes | str, what: str) -> object:
