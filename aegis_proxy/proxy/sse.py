@@ -159,7 +159,7 @@ class SSEParser:
 
 
 class EventFilter:
-    """The base of the LLM stream filters (wire.EventStreamFilter): SSE parsing here, the protocol in `event` and `end`."""
+    """The base of the LLM stream filters (wire.EventStreamFilter): SSE parsing here, the protocol in `event`, `end`."""
 
     def __init__(self, max_event_bytes: int) -> None:
         self._parser = SSEParser(max_event_bytes)

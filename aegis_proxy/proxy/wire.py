@@ -16,12 +16,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from aegis_proxy.errors import WireError
+from aegis_proxy.errors import WireError as WireError  # the wire modules' error, kept with the project's others
 from aegis_proxy.models import Message, ToolCall
 from aegis_proxy.proxy.sse import SSEEvent
 from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
-
-__all__ = ["WireError"]  # re-exported: the wire modules' error, defined with the project's other errors
 
 
 @dataclasses.dataclass(frozen=True)
