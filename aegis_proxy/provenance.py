@@ -22,11 +22,11 @@ tokens) are cached by text too; what they are found in is worked out afresh on e
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 
 from aegis_proxy import safe_regex
+from aegis_proxy.bounded_cache import BoundedCache
 from aegis_proxy.extract import ExtractedString
 from aegis_proxy.models import TRUSTED_ROLES, CallContext, Finding, Message, Role, Severity
 from aegis_proxy.safe_regex import compile_pattern
@@ -384,43 +384,14 @@ class _MessageView:
     truncated: bool = False
 
 
-class _ViewCache:
-    """Message views by content, bounded in entries and in characters held; the oldest entries go first.
-
-    Reads take no lock: a dict lookup is atomic under the GIL, and a racing writer at worst computes a view twice.
-    """
-
-    def __init__(self, max_entries: int = 4096, max_chars: int = 64 << 20) -> None:
-        self._entries: dict[tuple[bool, str], _MessageView] = {}
-        self._chars = 0
-        self._max_entries = max_entries
-        self._max_chars = max_chars
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[bool, str]) -> _MessageView | None:
-        return self._entries.get(key)
-
-    def put(self, key: tuple[bool, str], view: _MessageView) -> None:
-        size = len(key[1])
-        if size > self._max_chars:
-            return
-        with self._lock:
-            if key in self._entries:
-                return
-            self._entries[key] = view
-            self._chars += size
-            while self._entries and (len(self._entries) > self._max_entries or self._chars > self._max_chars):
-                oldest = next(iter(self._entries))
-                del self._entries[oldest]
-                self._chars -= len(oldest[1])
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._chars = 0
+def _view_key_chars(key: tuple[bool, str]) -> int:
+    return len(key[1])
 
 
-_CACHE = _ViewCache()
+# Message views by (untrusted, content): a session resends its messages with every call.
+_CACHE: BoundedCache[tuple[bool, str], _MessageView] = BoundedCache(
+    max_entries=4096, max_chars=64 << 20, size=_view_key_chars
+)
 
 
 def _message_view(content: str, untrusted: bool) -> _MessageView:

@@ -370,9 +370,9 @@ def test_a_websocket_upgrade_is_refused_and_never_reaches_the_upstream(firewall:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_malformed_request_gets_no_answer(firewall: Firewall, stream: bool) -> None:
-    # The request is parsed while the upstream answers (an LLM request executes nothing), so it reaches the upstream;
-    # its answer, streamed or not, never reaches the client: our 403, as if it had been refused before forwarding.
+def test_malformed_request_is_never_forwarded(firewall: Firewall, stream: bool) -> None:
+    # What our parser cannot read, we do not pass: the upstream never sees it (another reader could take the second
+    # `messages`), and the client gets our 403.
     firewall.llm.enqueue(Reply(text="Sure.", tool_calls=(DANGEROUS,)))
     body = b'{"model": "m", "stream": %s, "messages": [], "messages": []}' % (b"true" if stream else b"false")
     with httpx.Client() as client:
@@ -384,7 +384,7 @@ def test_malformed_request_gets_no_answer(firewall: Firewall, stream: bool) -> N
     assert response.status_code == 403
     assert "duplicate key" in response.json()["error"]["message"]
     assert "run_shell" not in response.text and "Sure." not in response.text
-    assert len(firewall.llm.requests) == 1
+    assert firewall.llm.requests == []
     fail_closed = [r["rules"] for r in firewall.records() if r["type"] == "decision"]
     assert fail_closed == [["builtin.fail-closed"]]
 

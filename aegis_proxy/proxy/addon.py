@@ -3,23 +3,22 @@
 Hooks and what they do (each one fails closed, see `_fail_closed`):
   request          route (reverse: /NAME/... -> the route's URL; forward: the route whose host this is); refuse
                    WebSocket upgrades (we cannot read the tool calls in its frames), withdraw other upgrade offers;
-                   decide MCP `tools/call` requests before the server sees them; for an LLM request, schedule the
-                   strict parse of its body into a conversation (the call context) to run once it has been forwarded
-  responseheaders  refuse a protocol switch (101) on a route; wait for that parse; a streamed (SSE) LLM answer gets a
+                   decide MCP `tools/call` requests before the server sees them; parse an LLM request strictly into
+                   its conversation (the call context) before it is forwarded
+  responseheaders  refuse a protocol switch (101) on a route; a streamed (SSE) LLM answer gets a
                    StreamFilter: text passes at once, tool calls wait for a ruling, decided while the stream goes on
                    (proxy/lookahead.py)
   aegis_stream_end our hook (proxy/stream_end.py): the upstream finished a stream; wait for its calls' decisions
                    before mitmproxy asks for the stream's last bytes
-  response         wait for that parse; a whole LLM answer: decide every tool call, hold asks until approved, rewrite
+  response         a whole LLM answer: decide every tool call, hold asks until approved, rewrite
                    blocked calls; an MCP answer: add our results for blocked calls, pin tool lists
 
-Why the LLM request is parsed after it is forwarded: the parse depends only on the request, and the upstream model takes
-far longer to answer (hundreds of ms) than the parse takes (0.15 ms measured in bench/proxy.py's workload, more for long
-conversations), so doing it before forwarding only added to every call's latency. An LLM request executes nothing: only
-the tool calls in its answer act, and no answer passes without a successfully parsed context. So a request we cannot
-parse (malformed JSON, duplicate keys, wrong types) now reaches the upstream, its failure is audited at once, and its
-answer, whatever it is, streamed or not, is replaced by the 403 error the client would have got before forwarding.
-MCP requests are different: a `tools/call` request is itself the action, so it is still decided before forwarding.
+What our parser cannot read, we do not pass: a request to a known LLM endpoint whose body we cannot parse exactly
+(malformed JSON, duplicate keys, wrong types) gets a 403 and an audit record, and the upstream never sees it, since an
+upstream that reads it differently (the last of two `messages`, say) would answer a conversation we never read. The
+parse runs before forwarding, then, on the event loop: 7 us for a one-message request, about 0.25 ms for a 29 KB
+conversation (bench/proxy.py --turns 20). Only the probe's warm-up on the conversation waits until the request is on
+its way. MCP requests are decided before forwarding too: a `tools/call` request is itself the action.
 
 mitmproxy logs and swallows an exception raised in a hook and then lets the flow through. So no hook of ours lets an
 exception escape: it becomes a blocked flow (an error response the SDKs raise on, or an error event ending a stream),
@@ -83,10 +82,9 @@ class GateLike(Protocol):
 class FlowState:
     target: Target
     protocol: LLMProtocol | None
-    context: CallContext | None  # None until `parsed` has succeeded (LLM requests); set at once otherwise
+    context: CallContext  # who is calling, and an LLM request's conversation (parsed before forwarding)
     streamed: bool = False
     mcp: Any = None  # mcp_flow.McpExchange on MCP routes
-    parsed: asyncio.Future[CallContext] | None = None  # the deferred parse of an LLM request (AegisAddon._parse_later)
 
 
 class BlockedFlow(Exception):
@@ -290,10 +288,11 @@ class AegisAddon:
                 f"aegis-proxy does not understand {flow.request.method} {target.endpoint} on route "
                 f"{target.route.name}, so it cannot see the tool calls it may carry; the request was not sent",
             )
+        context = self._request_context(flow, protocol)  # a WireError: 403, audited, never forwarded
         # Streams are filtered chunk by chunk, which needs them uncompressed.
         flow.request.headers["accept-encoding"] = "identity"
-        state = FlowState(target=target, protocol=protocol, context=None, parsed=self._parse_later(flow, protocol))
-        flow.metadata[STATE_KEY] = state
+        flow.metadata[STATE_KEY] = FlowState(target=target, protocol=protocol, context=context)
+        asyncio.get_running_loop().call_soon(self._prefetch, context)  # once the request is on its way
 
     @_fail_closed("responseheaders")
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -307,11 +306,6 @@ class AegisAddon:
         if state.protocol is None:
             if self.mcp is not None:
                 self.mcp.responseheaders(flow, state)
-            return
-        try:
-            await self._context(state)
-        except BlockedFlow:
-            flow.response.stream = False  # read whole, never streamed: the response hook blocks it (already audited)
             return
         content_type = flow.response.headers.get("content-type", "")
         if not content_type.lower().startswith("text/event-stream"):
@@ -348,7 +342,7 @@ class AegisAddon:
             if self.mcp is not None:
                 await self.mcp.response(flow, state)
             return
-        context = await self._context(state)  # a request we could not parse: BlockedFlow, whatever the answer
+        context = state.context
         if state.streamed or not 200 <= flow.response.status_code < 300:
             return  # a stream was decided chunk by chunk; an error answer carries no tool call
         body = flow.response.get_content(strict=True) or b""
@@ -366,42 +360,7 @@ class AegisAddon:
         if not all(ruling.allow for ruling in rulings.values()):
             flow.response.set_content(state.protocol.rewrite(body, rulings))
 
-    # -- the LLM request, parsed while the upstream answers ---------------------------------------------------------
-
-    def _parse_later(self, flow: http.HTTPFlow, protocol: LLMProtocol) -> asyncio.Future[CallContext]:
-        """Parse the request into its call context on the event loop, in a callback scheduled now: it runs after the
-        request hook returns, and mitmproxy writes the request to the upstream in the same step that ends the hook
-        (or starts connecting), so the parse overlaps the upstream's answer. A callback and a bare future cost less
-        than a task, and less than a thread: the parse is short and holds the GIL anyway.
-
-        The future always ends resolved: with the context, or with a BlockedFlow carrying the 403 the request hook
-        used to answer. A failure is audited here, when it happens, as it was before forwarding; its exception is
-        marked retrieved at once, so a flow that never gets an answer (client gone, upstream down) logs nothing."""
-        loop = asyncio.get_running_loop()
-        parsed: asyncio.Future[CallContext] = loop.create_future()
-
-        def parse() -> None:
-            try:
-                context = self._request_context(flow, protocol)
-            except Exception as error:
-                reason = error.message if isinstance(error, WireError) else f"{type(error).__name__}: {error}"
-                self._refuse(flow, parsed, reason)
-                return
-            except BaseException:  # not ours to swallow; the flow must still never pass
-                self._refuse(flow, parsed, "the request's parse was interrupted")
-                raise
-            if parsed.done():  # cancelled by nobody of ours; nothing waits for it any more
-                return
-            parsed.set_result(context)
-            prefetch = getattr(self.gate, "prefetch", None)
-            if prefetch is not None:
-                try:  # a warm-up only: the decision itself still runs (and fails closed) without it
-                    prefetch(context)
-                except Exception:
-                    log.exception("aegis: probe prefetch failed")
-
-        loop.call_soon(parse)
-        return parsed
+    # -- the LLM request ---------------------------------------------------------------------------------------------
 
     def _request_context(self, flow: http.HTTPFlow, protocol: LLMProtocol) -> CallContext:
         """The call context of an LLM request: its conversation, parsed strictly, and who is calling."""
@@ -414,24 +373,16 @@ class AegisAddon:
             messages=view.messages,
         )
 
-    def _refuse(self, flow: http.HTTPFlow, parsed: asyncio.Future[CallContext], reason: str) -> None:
-        """Resolve a failed parse: audited (never raises), then the block every later hook raises."""
-        self._audit_failure(flow, "request", reason)  # the flow's context is None until its parse succeeds
-        if not parsed.done():
-            parsed.set_exception(BlockedFlow(403, f"aegis-proxy blocked this request: {reason}"))
-            parsed.exception()  # retrieved: no "exception was never retrieved" for a flow that gets no answer
-
-    async def _context(self, state: FlowState) -> CallContext:
-        """The flow's call context, once its parse has run; raises the parse's BlockedFlow if it failed."""
-        if state.context is None:
-            if state.parsed is None:
-                raise RuntimeError("an LLM flow without a parsed request")
-            if state.parsed.cancelled():  # nothing cancels it; if something did, no context means no pass
-                raise BlockedFlow(403, "aegis-proxy blocked this request: its parse did not run")
-            # The parse runs in the loop step after the request hook, before the upstream's answer can be read, so
-            # this rarely waits; shielded so that a hook cancelled while waiting cannot cancel it for the others.
-            state.context = await asyncio.shield(state.parsed)
-        return state.context
+    def _prefetch(self, context: CallContext) -> None:
+        """Warm the probe up on the conversation while the upstream answers (Gate.prefetch); a hint, so a failure is
+        logged and changes nothing: the decision still runs, and fails closed, without it."""
+        prefetch = getattr(self.gate, "prefetch", None)
+        if prefetch is None:
+            return
+        try:
+            prefetch(context)
+        except Exception:
+            log.exception("aegis: probe prefetch failed")
 
     # -- deciding --------------------------------------------------------------------------------------------------
 
@@ -445,8 +396,6 @@ class AegisAddon:
 
     def _lookahead(self, flow: http.HTTPFlow, state: FlowState, protocol: LLMProtocol) -> LookaheadStream:
         """The protocol's stream filter, its calls decided as asyncio tasks while the stream goes on."""
-        if state.context is None:  # responseheaders awaits the parse before it builds a stream; never pass without it
-            raise WireError("aegis-proxy has no parsed request for this stream")
         context = state.context
 
         def start(call: ToolCall) -> asyncio.Future[Ruling]:

@@ -96,22 +96,22 @@ def _document_text(block: dict[str, Any], where: str) -> str:
 
 def _request_messages(role: Role, content: object, where: str) -> list[Message]:
     if isinstance(content, str):
-        return [Message(role=role, content=content)]
+        return [shape.message(role=role, content=content)]
     out: list[Message] = []
     for i, raw in enumerate(shape.arr(content, where)):
         bw = f"{where}[{i}]"
         block = shape.obj(raw, bw)
         kind = shape.string(block.get("type"), f"{bw}.type")
         if kind == "text":
-            out.append(Message(role=role, content=shape.string(block.get("text"), f"{bw}.text")))
+            out.append(shape.message(role=role, content=shape.string(block.get("text"), f"{bw}.text")))
         elif kind == "tool_result":
             shape.string(block.get("tool_use_id"), f"{bw}.tool_use_id", nonempty=True)
-            out.append(Message(role=Role.TOOL, content=_text_of(block.get("content"), f"{bw}.content")))
+            out.append(shape.message(role=Role.TOOL, content=_text_of(block.get("content"), f"{bw}.content")))
         elif kind in ("document", "search_result"):
-            out.append(Message(role=Role.DOCUMENT, content=_document_text(block, bw)))
+            out.append(shape.message(role=Role.DOCUMENT, content=_document_text(block, bw)))
         elif kind in _SERVER_BLOCKS - {"server_tool_use", "mcp_tool_use"}:
             # results of server-run tools (web pages, program output): untrusted text the model read
-            out.append(Message(role=Role.TOOL, content=dump_json(block.get("content"))))
+            out.append(shape.message(role=Role.TOOL, content=dump_json(block.get("content"))))
         elif kind not in _SILENT_REQUEST_BLOCKS:
             raise shape.fail(f"{bw}.type", f"unknown content block type {kind[:40]!r}")
     return out
@@ -166,7 +166,7 @@ class Anthropic(shape.Limits):
         system = data.get("system")
         if system is not None:
             text = system if isinstance(system, str) else _text_of(system, "request.system")
-            messages.append(Message(role=Role.SYSTEM, content=text))
+            messages.append(shape.message(role=Role.SYSTEM, content=text))
         for i, raw in enumerate(shape.arr(data.get("messages"), "request.messages")):
             where = f"request.messages[{i}]"
             msg = shape.obj(raw, where)

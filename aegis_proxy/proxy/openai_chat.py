@@ -62,7 +62,7 @@ def _message(raw: object, where: str) -> Message:
     name = shape.opt_string(msg.get("name"), f"{where}.name")
     if role is Role.TOOL:
         shape.string(msg.get("tool_call_id"), f"{where}.tool_call_id", nonempty=True)
-    return Message(role=role, content=content, name=name)
+    return shape.message(role=role, content=content, name=name)
 
 
 def _arguments(text: str, where: str) -> dict[str, Any]:

@@ -137,10 +137,10 @@ def _request_item(raw: object, where: str) -> Message | None:
         role = _REQUEST_ROLES.get(role_name)
         if role is None:
             raise shape.fail(f"{where}.role", f"unknown role {role_name[:40]!r}")
-        return Message(role=role, content=_content_text(item.get("content"), f"{where}.content"))
+        return shape.message(role=role, content=_content_text(item.get("content"), f"{where}.content"))
     if kind.endswith("_output"):  # function_call_output, custom_tool_call_output, computer_call_output, ...
         shape.string(item.get("call_id", item.get("id")), f"{where}.call_id", nonempty=True)
-        return Message(role=Role.TOOL, content=_output_text(item.get("output"), f"{where}.output"))
+        return shape.message(role=Role.TOOL, content=_output_text(item.get("output"), f"{where}.output"))
     if kind == "mcp_approval_response":
         return None
     if kind not in _SILENT_REQUEST_ITEMS:
@@ -216,10 +216,10 @@ class OpenAIResponses(shape.Limits):
         messages: list[Message] = []
         instructions = shape.opt_string(data.get("instructions"), "request.instructions")
         if instructions:
-            messages.append(Message(role=Role.SYSTEM, content=instructions))
+            messages.append(shape.message(role=Role.SYSTEM, content=instructions))
         given = data.get("input")
         if isinstance(given, str):
-            messages.append(Message(role=Role.USER, content=given))
+            messages.append(shape.message(role=Role.USER, content=given))
         else:
             for i, raw in enumerate(shape.opt_arr(given, "request.input")):
                 message = _request_item(raw, f"request.input[{i}]")
