@@ -118,7 +118,7 @@ async def _exchange(
     assert flow.response is None  # forwarded
     _answer(flow, b"", content_type)
     flow.response.status_code = status
-    await addon.responseheaders(flow)
+    addon.responseheaders(flow)
     stream = flow.response.stream
     if callable(stream):
         sent = b"".join(b"".join(stream(chunk)) for chunk in answer)
@@ -143,7 +143,7 @@ def test_request_is_routed_and_a_denied_call_rewritten(gate: Gate) -> None:
         assert flow.response is None  # forwarded
         assert (flow.request.host, flow.request.port, flow.request.path) == ("127.0.0.1", 9, "/v1/chat/completions")
         _answer(flow, json.dumps(chat_completion(DANGEROUS, "m", 1)).encode())
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         await addon.response(flow)
 
     _run(addon, scenario)
@@ -161,7 +161,7 @@ def test_allowed_answer_passes_byte_for_byte(gate: Gate) -> None:
     async def scenario() -> None:
         await addon.request(flow)
         _answer(flow, original)
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         await addon.response(flow)
 
     _run(addon, scenario)
@@ -228,7 +228,7 @@ def test_an_unoffered_protocol_switch_is_refused(gate: Gate) -> None:
         await addon.request(flow)
         flow.response = tutils.tresp(status_code=101, content=b"")
         flow.response.headers["upgrade"] = "tcp"
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         assert flow.response.stream is False and FAILED_KEY in flow.metadata  # no replacement the body overwrites
         await addon.response(flow)
 
@@ -343,7 +343,7 @@ def test_unparseable_answer_is_blocked(gate: Gate) -> None:
     async def scenario() -> None:
         await addon.request(flow)
         _answer(flow, json.dumps(body).encode())
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         await addon.response(flow)
 
     _run(addon, scenario)
@@ -395,7 +395,7 @@ def test_failure_in_response_hook_blocks(gate: Gate, failing: str) -> None:
     async def scenario() -> None:
         await addon.request(flow)
         _answer(flow, json.dumps(chat_completion(DANGEROUS, "m", 1)).encode())
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         await addon.response(flow)
 
     _run(addon, scenario)
@@ -412,7 +412,7 @@ def test_failure_in_responseheaders_hook_blocks_the_whole_answer(gate: Gate) -> 
     async def scenario() -> None:
         await addon.request(flow)
         _answer(flow, b"", "text/event-stream")
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         assert flow.response.stream is False and FAILED_KEY in flow.metadata
         flow.response.content = stream  # mitmproxy reads the body whole, then calls the response hook
         await addon.response(flow)
@@ -430,7 +430,7 @@ def test_failure_inside_a_stream_ends_it_with_an_error_event(gate: Gate) -> None
     async def scenario() -> list[bytes]:
         await addon.request(flow)
         _answer(flow, b"", "text/event-stream")
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         stream = flow.response.stream
         assert isinstance(stream, SafeStream)
         out = [*stream(events[0]), *stream(b"data: {this is not json}\n\n")]
@@ -475,7 +475,7 @@ def test_a_stream_whose_end_hook_never_ran_releases_no_call(gate: Gate) -> None:
     async def scenario() -> bytes:
         await addon.request(flow)
         _answer(flow, b"", "text/event-stream")
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         stream = flow.response.stream
         return b"".join(b"".join(stream(chunk)) for chunk in [*chat_stream(SAFE, "m", 1), b""])
 
@@ -563,7 +563,7 @@ def test_a_retrieved_stored_response_is_decided_like_a_fresh_one(gate: Gate) -> 
         await addon.request(flow)
         assert flow.response is None
         _answer(flow, json.dumps(response_object(DANGEROUS, "m", 7)).encode())
-        await addon.responseheaders(flow)
+        addon.responseheaders(flow)
         await addon.response(flow)
 
     _run(addon, scenario)

@@ -295,7 +295,7 @@ class AegisAddon:
         asyncio.get_running_loop().call_soon(self._prefetch, context)  # once the request is on its way
 
     @_fail_closed("responseheaders")
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response.status_code == 101 and flow.metadata.get(ROUTED_KEY):
             # We never forward an upgrade offer; a switch anyway would make the rest of the connection a raw pipe
             # that mitmproxy passes unread.
