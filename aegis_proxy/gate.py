@@ -50,6 +50,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegis_proxy.gate")
 
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _warm_quietly(texts: Sequence[tuple[str, bool]]) -> None:
+    """provenance.warm in a worker thread: a failure is logged; the check will analyse the texts itself."""
+    try:
+        provenance.warm(texts)
+    except Exception:
+        log.warning("aegis: provenance prefetch failed; the check will analyse the messages", exc_info=True)
+
+
 GateEffect = Literal["allow", "deny", "ask"]
 # policy: the firewall decided; approval: an ask allowed by consuming an earlier approval of the identical call;
 # approved / rejected / timeout: how a held call ended (await_approval); error: something failed, so the call is denied.
@@ -218,11 +235,23 @@ class Gate:
     # -- deciding -----------------------------------------------------------------------------------------------------
 
     def prefetch(self, context: CallContext) -> None:
-        """Hand the conversation's untrusted content (tool results, documents) to the probe now, when the LLM request
-        that carries it passes: the probe scores it while the LLM thinks, and the call in its answer finds it cached.
-        Returns at once; never raises (a prefetch is a hint: a failed one is logged and the call is scored in full)."""
+        """Start on a request's conversation now, once the LLM request that carries it has gone on, so that the call
+        in its answer finds the work done while the LLM thought:
+          1. provenance: analyse the messages the check has not seen yet (a session's new tool results, documents):
+             on this thread when they are small (INLINE_MAX_CHARS; on the event loop a hand-off costs more) or when
+             it runs no event loop, else in a worker thread, so that a long document never stalls the loop;
+          2. the probe, when on: score the untrusted content (its own queue).
+        Never raises and never waits (a prefetch is a hint: a failed one is logged, and the check does the work)."""
+        try:
+            new = provenance.unseen(context)
+            if new and sum(len(text) for text, _ in new) > INLINE_MAX_CHARS and _on_a_loop():
+                asyncio.get_running_loop().run_in_executor(None, _warm_quietly, new)
+            else:
+                provenance.warm(new)
+        except Exception:
+            log.warning("aegis: provenance prefetch failed; the check will analyse the messages", exc_info=True)
         scorer = self.firewall.scorer
-        if scorer is None:  # no probe: nothing to warm
+        if scorer is None:  # no probe: nothing more to warm
             return
         try:
             if isinstance(scorer, Prefetcher):

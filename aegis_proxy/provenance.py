@@ -430,6 +430,39 @@ def seen(message: Message) -> bool:
     return _CACHE.get((message.role not in TRUSTED_ROLES, message.content)) is not None
 
 
+def _in_budget(messages: Sequence[Message], budget: int) -> tuple[list[tuple[Message, str]], bool]:
+    """The messages `trace` reads, newest first (the bound drops the oldest text), each with the part of its text
+    within `budget` characters; and whether any text was left out."""
+    kept: list[tuple[Message, str]] = []
+    for message in reversed(messages):
+        content = message.content
+        if not content:
+            continue
+        if budget <= 0:
+            return kept, True
+        if len(content) > budget:
+            kept.append((message, content[:budget]))
+            return kept, True
+        budget -= len(content)
+        kept.append((message, content))
+    return kept, False
+
+
+def unseen(context: CallContext) -> list[tuple[str, bool]]:
+    """The (text, untrusted) of each message `trace` would read in `context` whose view is not cached yet: what a
+    call's check in this conversation will have to analyse."""
+    kept, _ = _in_budget(context.messages, _DEFAULT_LIMITS.max_context_chars)
+    texts = ((content, message.role not in TRUSTED_ROLES) for message, content in kept)
+    return [(content, untrusted) for content, untrusted in texts if _CACHE.get((untrusted, content)) is None]
+
+
+def warm(texts: Sequence[tuple[str, bool]]) -> None:
+    """Analyse and cache the views of `texts` (from `unseen`) ahead of the check that will read them: the Gate does it
+    while the LLM thinks, so that a call's check finds its conversation's new messages done."""
+    for content, untrusted in texts:
+        _message_view(content, untrusted)
+
+
 def clear_cache() -> None:
     """Forget cached message views and argument lookups (tests; a reload)."""
     _CACHE.clear()
@@ -451,19 +484,9 @@ def trace(
     injected: list[str] = []
     confident: list[str] = []
     data_clean: list[str] = []
-    budget = limits.max_context_chars
+    kept, truncated = _in_budget(context.messages, limits.max_context_chars)
     cached = _CACHE.get  # the common case, a message seen on an earlier call, without a function call more
-    for message in reversed(context.messages):  # newest first: the bound drops the oldest text
-        content = message.content
-        if not content:
-            continue
-        if budget <= 0:
-            truncated = True
-            break
-        if len(content) > budget:
-            content = content[:budget]
-            truncated = True
-        budget -= len(content)
+    for message, content in kept:
         if message.role in TRUSTED_ROLES:  # = message.trust is TRUSTED, without a property call per message
             view = cached((False, content)) or _message_view(content, untrusted=False)
             trusted.append(view.folded)

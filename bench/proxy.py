@@ -1,7 +1,7 @@
 """Proxy overhead, measured in one run: the same requests go direct, through bare mitmproxy, and through aegis.
 
-    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--turns 0] [--stream] [--probe off]
-                                    [--audit-db URL] [--compare DIR] [--compare-sync full|normal]
+    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--turns 0] [--new-result KB] [--stream]
+                                    [--probe off] [--audit-db URL] [--compare DIR] [--compare-sync full|normal]
 
 Upstream: the scripted local LLM (aegis_proxy.demo.upstream), answering a chat completion that carries one tool
 call (`ls -la`, allowed by the default policy, so every aegis request runs the whole path: parse, check, a durable
@@ -14,6 +14,9 @@ time to the first streamed text token (each stream read to its end, so connectio
 per request (steadier than latency on a shared machine; all threads, and the event loop's thread alone), then aegis
 minus bare mitmproxy. `--turns N` puts N earlier tool-call turns (user request, assistant call, 1 KB tool result; about
 1.3 KB each) before the request's user message, as an agent's conversation grows: parsing the request costs more.
+`--new-result KB`: every request's conversation ends with a tool result of about KB kilobytes that no earlier request
+carried (a directory listing), as an agent's grows by one per call: the firewall's provenance pass has a new message
+to analyse.
 `--stream`: the latency rounds ask for streamed answers (read to the end, where the tool call comes out once decided).
 `--compare DIR` (repeatable) adds aegis run from another tree, e.g. the previous commit: a change's effect in one run.
 On a shared machine run it as `chrt -f 10 python bench/proxy.py ...` so that other jobs do not preempt it.
@@ -49,19 +52,29 @@ from bench.common import percentile
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "list the files in the workspace"}]}
 
 
-def request_body(turns: int) -> dict[str, Any]:
-    """BODY after `turns` earlier tool-call turns of the same conversation."""
+def request_body(turns: int, new_result: int | None = None, new_kb: float = 1.0) -> dict[str, Any]:
+    """BODY after `turns` earlier tool-call turns of the same conversation; with `new_result` (a serial number), one
+    more turn whose tool result (a directory listing of about `new_kb` KB) no earlier request carried, as an agent's
+    conversation grows by one new tool result per call."""
     earlier: list[dict[str, Any]] = []
     for n in range(turns):
-        call = {
-            "id": f"call_{n}",
-            "type": "function",
-            "function": {"name": "read_file", "arguments": '{"path": "a.py"}'},
-        }
-        earlier.append({"role": "user", "content": f"step {n}: read the next module and summarise it"})
-        earlier.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        earlier.append({"role": "tool", "tool_call_id": f"call_{n}", "content": "def f(x):\n    return x + 1\n" * 40})
+        earlier.extend(_turn(n, "read_file", '{"path": "a.py"}', "def f(x):\n    return x + 1\n" * 40))
+    if new_result is not None:
+        lines = max(1, round(new_kb * 1024 / 54))  # a listing line is about 54 characters
+        listing = "".join(
+            f"-rw-r--r-- 1 dev dev {4096 + i} Nov 29 12:00 module_{new_result}_{i}.py\n" for i in range(lines)
+        )
+        earlier.extend(_turn(turns, "run_shell", '{"cmd": "ls -l src"}', listing))
     return {**BODY, "messages": [*earlier, *BODY["messages"]]}
+
+
+def _turn(n: int, tool: str, arguments: str, result: str) -> list[dict[str, Any]]:
+    call = {"id": f"call_{n}", "type": "function", "function": {"name": tool, "arguments": arguments}}
+    return [
+        {"role": "user", "content": f"step {n}: read the next module and summarise it"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": f"call_{n}", "content": result},
+    ]
 
 
 REPLY = Reply(text="Listing.", tool_calls=(("run_shell", {"cmd": "ls -la"}),))
@@ -161,10 +174,15 @@ def process(command: list[str], port: int, cwd: str, env: dict[str, str] | None 
 
 
 def timed_request(
-    client: httpx.Client, url: str, llm: ScriptedLLM, body: dict[str, Any], reply: Callable[[], Reply]
+    client: httpx.Client,
+    url: str,
+    llm: ScriptedLLM,
+    next_body: Callable[[], dict[str, Any]],
+    reply: Callable[[], Reply],
 ) -> float:
-    """One request's latency; a streamed one (`"stream": true` in `body`) is read to its end, where its tool call
+    """One request's latency; a streamed one (`"stream": true` in its body) is read to its end, where its tool call
     comes out once decided."""
+    body = next_body()
     llm.enqueue(reply())
     started = time.perf_counter()
     if body.get("stream"):
@@ -179,7 +197,10 @@ def timed_request(
     return elapsed
 
 
-def time_to_first_token(client: httpx.Client, url: str, llm: ScriptedLLM, body: dict[str, Any]) -> float:
+def time_to_first_token(
+    client: httpx.Client, url: str, llm: ScriptedLLM, next_body: Callable[[], dict[str, Any]]
+) -> float:
+    body = next_body()
     llm.enqueue(Reply(text="Sure, here is the listing you asked for.", tool_calls=REPLY.tool_calls))
     started = time.perf_counter()
     first: float | None = None
@@ -199,14 +220,14 @@ def burst(
     clients: list[httpx.Client],
     url: str,
     llm: ScriptedLLM,
-    body: dict[str, Any],
+    next_body: Callable[[], dict[str, Any]],
     reply: Callable[[], Reply],
 ) -> list[float]:
     """One request from each client at the same time; their latencies. One client sends from this thread: no hand-off
     in its requests/s."""
     if len(clients) == 1:
-        return [timed_request(clients[0], url, llm, body, reply)]
-    return list(pool.map(lambda client: timed_request(client, url, llm, body, reply), clients))
+        return [timed_request(clients[0], url, llm, next_body, reply)]
+    return list(pool.map(lambda client: timed_request(client, url, llm, next_body, reply), clients))
 
 
 def summarise(samples: list[float], wall: float, clients: int) -> dict[str, float]:
@@ -248,10 +269,26 @@ def main() -> None:
     parser.add_argument(
         "--compare-sync", choices=["full", "normal"], default="normal", help="audit.sync of the --compare runs"
     )
+    parser.add_argument(
+        "--new-result",
+        type=float,
+        default=0,
+        metavar="KB",
+        help="every request's conversation ends with a tool result of about KB kilobytes that no earlier request "
+        "carried (after --turns turns; default 0: none)",
+    )
     args = parser.parse_args()
-    body = request_body(args.turns)
-    if args.stream:
-        body = {**body, "stream": True}
+
+    def build(new_result: int | None) -> dict[str, Any]:
+        built = request_body(args.turns, new_result, args.new_result)
+        return {**built, "stream": True} if args.stream else built
+
+    body = build(0 if args.new_result else None)
+    serial = itertools.count(1)
+
+    def next_body() -> dict[str, Any]:
+        return build(next(serial)) if args.new_result else body
+
     reply: Callable[[], Reply] = varied_reply if args.probe != "off" else lambda: REPLY
 
     bin_dir = Path(sys.executable).parent
@@ -300,8 +337,8 @@ def main() -> None:
                 paths[name] = f"{other.url}/openai/v1/chat/completions"
                 pids[name] = other.pid
             measure: dict[str, Callable[[str], list[float]]] = {
-                "latency": lambda url: burst(pool, clients, url, llm, body, reply),
-                "ttft": lambda url: [time_to_first_token(client, url, llm, body)],
+                "latency": lambda url: burst(pool, clients, url, llm, next_body, reply),
+                "ttft": lambda url: [time_to_first_token(client, url, llm, next_body)],
             }
             samples: dict[tuple[str, str], list[float]] = {(m, p): [] for m in measure for p in paths}
             wall: dict[str, float] = dict.fromkeys(paths, 0.0)  # seconds spent in latency rounds, per path
@@ -329,6 +366,7 @@ def main() -> None:
 
     who = "one sequential client" if args.clients == 1 else f"{args.clients} clients at once"
     size = f", {args.turns} earlier turns ({len(json.dumps(body)) / 1024:.0f} KB requests)" if args.turns else ""
+    size += f", a new {args.new_result:g} KB tool result in each" if args.new_result else ""
     size += ", streamed answers" if args.stream else ""
     size += f", probe {args.probe}" if args.probe != "off" else ""
     print(f"proxy overhead, {args.requests * args.clients} requests per path, {who}{size}, audit log: {audit}")

@@ -594,3 +594,43 @@ def test_prefetch_with_a_failing_probe_never_raises(gate: Gate, caplog: pytest.L
     assert "probe prefetch failed" in caplog.text
     outcome = gate.decide(call("read_file"), context)  # the call itself still fails closed on the broken probe
     assert (outcome.effect, outcome.cause) == ("deny", "policy") and "probe" in outcome.decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("size", "on_a_loop", "on_the_calling_thread"),
+    [
+        (200, True, True),  # small: analysed on the loop, cheaper than a hand-off
+        (INLINE_MAX_CHARS + 1, True, False),  # large: a worker thread, so that the loop never stalls on it
+        (INLINE_MAX_CHARS + 1, False, True),  # no event loop to keep free: the caller's own thread
+    ],
+)
+def test_prefetch_analyses_the_conversations_new_messages_before_the_check(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch, size: int, on_a_loop: bool, on_the_calling_thread: bool
+) -> None:
+    threads: list[threading.Thread] = []
+    warm = provenance.warm
+
+    def recording(texts: Any) -> None:
+        threads.append(threading.current_thread())
+        warm(texts)
+
+    monkeypatch.setattr(provenance, "warm", recording)
+    text = (f"tool output {uuid.uuid4().hex} " * (size // 40 + 1))[:size]
+    message = Message(role=Role.TOOL, content=text)
+    context = ctx(gate).model_copy(update={"messages": (Message(role=Role.USER, content="go"), message)})
+    caller = threading.current_thread()
+
+    async def on_loop() -> None:
+        gate.prefetch(context)
+        for _ in range(1000):  # the worker thread's analysis, if it went there
+            if provenance.seen(message):
+                return
+            await asyncio.sleep(0.01)
+
+    if on_a_loop:
+        asyncio.run(on_loop())
+    else:
+        gate.prefetch(context)
+    assert [thread is caller for thread in threads] == [on_the_calling_thread]
+    assert provenance.unseen(context) == []  # the check that follows analyses nothing
+    assert gate.decide(call("read_file"), context).effect == "allow"

@@ -463,3 +463,34 @@ def test_seen_tells_whether_a_message_was_traced_before(role: Role) -> None:
     assert not provenance.seen(Message(role=other_trust, content=message.content))
     provenance.clear_cache()
     assert not provenance.seen(message)
+
+
+@pytest.mark.parametrize(
+    ("limits", "texts"),
+    [
+        (ProvenanceLimits(), [m.content for m in reversed(SESSION.messages)]),
+        # the budget keeps the newest message and the first 20 characters of the one before: a cut text
+        (ProvenanceLimits(max_context_chars=len(BENIGN_EMAIL) + 20), [BENIGN_EMAIL, INJECTED_REVIEW[:20]]),
+    ],
+    ids=["whole", "cut-by-the-budget"],
+)
+def test_warm_leaves_trace_nothing_to_analyse_and_changes_no_result(
+    limits: ProvenanceLimits, texts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Gate warms a conversation while the LLM thinks: the check that follows must find every view it reads
+    cached, and report exactly what it reports cold."""
+    strings = [ExtractedString("args.to", "GB82 WEST 1234 5698 7654 32"), ExtractedString("args.x", "Riverside View")]
+    provenance.clear_cache()
+    cold = trace(strings, SESSION, limits)
+    provenance.clear_cache()
+    monkeypatch.setattr(provenance, "_DEFAULT_LIMITS", limits)  # unseen reads the limits trace uses by default
+    new = provenance.unseen(SESSION)
+    assert [text for text, _ in new] == texts and provenance.unseen(SESSION) == new  # asking analyses nothing
+    provenance.warm(new)
+    assert provenance.unseen(SESSION) == []
+
+    def analysed(content: str, untrusted: bool) -> None:
+        raise AssertionError(f"trace analysed a message the warm-up should have: {content[:40]!r}")
+
+    monkeypatch.setattr(provenance, "_message_view", analysed)
+    assert trace(strings, SESSION, limits) == cold

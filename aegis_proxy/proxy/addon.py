@@ -18,8 +18,9 @@ What our parser cannot read, we do not pass: a request to a known LLM endpoint w
 upstream that reads it differently (the last of two `messages`, say) would answer a conversation we never read. The
 parse runs before forwarding, then, on the event loop, and adds to every call's latency (timed alone, about 1 ms per
 100 KB of new conversation; messages resent from an earlier request cost less, shape.message; measured in the running
-proxy: docs/proxy.md, Failing closed). Only the probe's warm-up on the conversation waits until the request is on its
-way. MCP requests are decided before forwarding too: a `tools/call` request is itself the action.
+proxy: docs/proxy.md, Failing closed). Only the work started ahead on the conversation for its answer's calls
+(Gate.prefetch) waits until the request is on its way. MCP requests are decided before forwarding too: a `tools/call`
+request is itself the action.
 
 mitmproxy logs and swallows an exception raised in a hook and then lets the flow through. So no hook of ours lets an
 exception escape: it becomes a blocked flow (an error response the SDKs raise on, or an error event ending a stream),
@@ -74,8 +75,8 @@ class GateLike(Protocol):
     def record_failure(self, *, request_id: str, context: CallContext | None, where: str, error: str) -> None: ...
 
     def prefetch(self, context: CallContext) -> None:
-        """Warm the probe up on a request's conversation while the upstream answers; never raises. Looked up with
-        getattr, so that a gate without it (a test double) still works."""
+        """Start on a request's conversation while the upstream answers (provenance's analysis of new messages, the
+        probe); never raises. Looked up with getattr, so that a gate without it (a test double) still works."""
         ...
 
 
@@ -375,8 +376,9 @@ class AegisAddon:
         )
 
     def _prefetch(self, context: CallContext) -> None:
-        """Warm the probe up on the conversation while the upstream answers (Gate.prefetch); a hint, so a failure is
-        logged and changes nothing: the decision still runs, and fails closed, without it."""
+        """Start on the conversation while the upstream answers (Gate.prefetch: provenance's analysis of its new
+        messages, the probe); a hint, so a failure is logged and changes nothing: the decision still runs, and fails
+        closed, without it."""
         prefetch = getattr(self.gate, "prefetch", None)
         if prefetch is None:
             return
