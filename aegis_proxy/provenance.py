@@ -477,8 +477,6 @@ def trace(
 ) -> ProvenanceReport:
     """Trace every argument string of a call through the call's context. Never raises on any content."""
     limits = limits or _DEFAULT_LIMITS
-    truncated = False
-
     trusted: list[str] = []
     untrusted: list[str] = []
     injected: list[str] = []
