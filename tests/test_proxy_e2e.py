@@ -392,7 +392,9 @@ def test_malformed_request_is_never_forwarded(firewall: Firewall, stream: bool) 
 # -- forward mode -----------------------------------------------------------------------------------------------------
 
 
-def test_forward_mode_decides_intercepted_hosts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sdk", "stream"), [("openai", False), ("anthropic", False), ("anthropic", True)])
+def test_forward_mode_decides_intercepted_hosts(tmp_path: Path, sdk: str, stream: bool) -> None:
+    # The agent changes nothing but its proxy (HTTPS_PROXY does the same as the http_client's proxy here).
     with ScriptedLLM() as llm:
         config = load_config(
             None,
@@ -400,16 +402,31 @@ def test_forward_mode_decides_intercepted_hosts(tmp_path: Path) -> None:
                 "data_dir": str(tmp_path / "aegis"),
                 "listen": f"127.0.0.1:{free_port()}",
                 "mode": "forward",
-                "routes": {"openai": llm.url},
+                "routes": {sdk: llm.url},
             },
         )
         with serve.background(config) as (proxy, _gate):
-            llm.enqueue(Reply(tool_calls=(DANGEROUS,)))
+            llm.enqueue(Reply(text="On it.", tool_calls=(SAFE, DANGEROUS)))
             with httpx.Client(proxy=proxy.url) as http_client:
-                client = openai.OpenAI(base_url=f"{llm.url}/v1", api_key="sk-test", http_client=http_client)
-                choice = client.chat.completions.create(model="m", messages=USER).choices[0]
-            assert not choice.message.tool_calls
-            assert "aegis-proxy blocked tool call" in (choice.message.content or "")
+                if sdk == "openai":
+                    client = openai.OpenAI(base_url=f"{llm.url}/v1", api_key="sk-test", http_client=http_client)
+                    message = client.chat.completions.create(model="m", messages=USER).choices[0].message
+                    calls = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or ()]
+                    text = message.content or ""
+                else:
+                    claude = anthropic.Anthropic(base_url=llm.url, api_key="sk-test", http_client=http_client)
+                    kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
+                    if stream:
+                        with claude.messages.stream(**kwargs) as events:
+                            answer = events.get_final_message()
+                    else:
+                        answer = claude.messages.create(**kwargs)
+                    calls = [(b.name, b.input) for b in answer.content if b.type == "tool_use"]
+                    text = "".join(b.text for b in answer.content if b.type == "text")
+            assert calls == [SAFE]
+            assert "aegis-proxy blocked tool call `run_shell`" in text
+            records = verified_records(config)
+            assert sorted(_decisions(records)) == [("run_shell", "allow"), ("run_shell", "deny")]
 
 
 def test_background_proxy_reports_a_port_in_use(tmp_path: Path) -> None:

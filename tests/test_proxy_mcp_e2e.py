@@ -1,4 +1,5 @@
-"""End to end on MCP: the official `mcp` SDK client talks through the running proxy to a real FastMCP server.
+"""End to end on MCP: the official `mcp` SDK client talks through the running proxy to a real FastMCP server, in
+reverse mode (the proxy's route as the server URL) and in forward mode (the server's own URL, the proxy as HTTP proxy).
 
 Denied calls never reach the server (its own record of calls proves it); the SDK gets an `isError` result it can
 read; held calls wait for a human; a tool that changes after it was pinned disappears from the list.
@@ -33,14 +34,19 @@ class Setup:
 
     @property
     def url(self) -> str:
-        return f"{self.proxy.url}/mcp/workspace"
+        """Reverse mode: the proxy's route; forward mode: the server's own URL, reached through the proxy."""
+        return self.server.url if self.config.mode == "forward" else f"{self.proxy.url}/mcp/workspace"
+
+    def http_client(self) -> httpx.AsyncClient:
+        proxy = self.proxy.url if self.config.mode == "forward" else None
+        return httpx.AsyncClient(timeout=30, proxy=proxy)
 
     def call(self, tool: str, arguments: dict[str, Any]) -> tuple[bool, str]:
         """(isError, text) of one tools/call made by the SDK through the proxy."""
 
         async def run() -> tuple[bool, str]:
             async with (
-                httpx.AsyncClient(timeout=30) as http_client,
+                self.http_client() as http_client,
                 streamable_http_client(self.url, http_client=http_client) as (read, write, _),
                 ClientSession(read, write) as session,
             ):
@@ -53,7 +59,7 @@ class Setup:
     def tools(self) -> set[str]:
         async def run() -> set[str]:
             async with (
-                httpx.AsyncClient(timeout=30) as http_client,
+                self.http_client() as http_client,
                 streamable_http_client(self.url, http_client=http_client) as (read, write, _),
                 ClientSession(read, write) as session,
             ):
@@ -66,14 +72,16 @@ class Setup:
         return verified_records(self.config)
 
 
-@pytest.fixture(params=["sse", "json"])
+@pytest.fixture(params=[("sse", "reverse"), ("json", "reverse"), ("sse", "forward")], ids=lambda p: "-".join(p))
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
-    with running_workspace_server(json_response=request.param == "json") as server:
+    answers, mode = request.param
+    with running_workspace_server(json_response=answers == "json") as server:
         config = load_config(
             None,
             {
                 "data_dir": str(tmp_path / "aegis"),
                 "listen": f"127.0.0.1:{free_port()}",
+                "mode": mode,
                 "routes": {"mcp/workspace": server.url},
                 "approval_timeout": 10,
             },
@@ -134,7 +142,7 @@ def test_rug_pull_hides_the_changed_tool_and_blocks_calls_to_it(setup: Setup) ->
     ],
 )
 def test_malformed_jsonrpc_is_not_forwarded(setup: Setup, body: bytes) -> None:
-    with httpx.Client() as client:
+    with httpx.Client(proxy=setup.proxy.url if setup.config.mode == "forward" else None) as client:
         response = client.post(
             setup.url,
             content=body,
