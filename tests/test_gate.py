@@ -634,3 +634,18 @@ def test_prefetch_analyses_the_conversations_new_messages_before_the_check(
     assert [thread is caller for thread in threads] == [on_the_calling_thread]
     assert provenance.unseen(context) == []  # the check that follows analyses nothing
     assert gate.decide(call("read_file"), context).effect == "allow"
+
+
+@pytest.mark.parametrize("where", ["unseen", "warm"])
+def test_a_failing_provenance_prefetch_is_logged_and_changes_no_decision(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("forced failure")
+
+    monkeypatch.setattr(provenance, where, broken)
+    context = ctx(gate).model_copy(update={"messages": (Message(role=Role.TOOL, content="a tool result"),)})
+    with caplog.at_level("WARNING", logger="aegis_proxy.gate"):
+        assert gate.prefetch(context) is None
+    assert "provenance prefetch failed" in caplog.text
+    assert gate.decide(call("read_file"), context).effect == "allow"  # the check analyses the message itself
