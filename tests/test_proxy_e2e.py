@@ -77,6 +77,23 @@ def _decisions(records: list[dict[str, Any]]) -> list[tuple[str | None, str | No
     return [(r["tool"], r["decision"]) for r in records if r["type"] == "decision"]
 
 
+def _ask_anthropic(client: anthropic.Anthropic, stream: bool) -> anthropic.types.Message:
+    """USER's request through the Anthropic SDK; a streamed answer is read to its end, as the SDK assembles it."""
+    kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
+    if not stream:
+        return client.messages.create(**kwargs)
+    with client.messages.stream(**kwargs) as events:
+        return events.get_final_message()
+
+
+def _tool_uses(message: anthropic.types.Message) -> list[tuple[str, Any]]:
+    return [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+
+
+def _text(message: anthropic.types.Message) -> str:
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
 # -- OpenAI Chat Completions ----------------------------------------------------------------------------------------
 
 
@@ -154,17 +171,10 @@ def test_openai_responses_denied_call_is_replaced(firewall: Firewall, stream: bo
 @pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_denied_and_allowed(firewall: Firewall, stream: bool) -> None:
     firewall.llm.enqueue(Reply(text="On it.", tool_calls=(SAFE, DANGEROUS)))
-    client = firewall.anthropic()
-    kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
-    if stream:
-        with client.messages.stream(**kwargs) as events:
-            message = events.get_final_message()
-    else:
-        message = client.messages.create(**kwargs)
-    uses = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
-    assert uses == [SAFE]
+    message = _ask_anthropic(firewall.anthropic(), stream)
+    assert _tool_uses(message) == [SAFE]
     assert message.stop_reason == "tool_use"
-    assert "aegis-proxy blocked tool call `run_shell`" in "".join(b.text for b in message.content if b.type == "text")
+    assert "aegis-proxy blocked tool call `run_shell`" in _text(message)
     assert sorted(_decisions(firewall.records())) == [("run_shell", "allow"), ("run_shell", "deny")]
 
 
@@ -192,10 +202,7 @@ def test_a_streamed_call_being_decided_holds_no_other_flow(firewall: Firewall, p
 
     def stream() -> None:
         if protocol == "anthropic":
-            kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
-            with firewall.anthropic().messages.stream(**kwargs) as events:
-                message = events.get_final_message()
-            streamed.extend((b.name, b.input) for b in message.content if b.type == "tool_use")
+            streamed.extend(_tool_uses(_ask_anthropic(firewall.anthropic(), stream=True)))
             return
         arguments = ""
         for chunk in firewall.openai().chat.completions.create(model="m", messages=USER, stream=True):
@@ -261,8 +268,7 @@ def test_a_held_call_in_a_stream_waits_for_a_human(firewall: Firewall, protocol:
                 if event.type == "text":
                     text_seen.set()
             message = events.get_final_message()
-        calls = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
-        text = "".join(b.text for b in message.content if b.type == "text")
+        calls, text = _tool_uses(message), _text(message)
     else:
         arguments, names, text = "", "", ""
         for chunk in firewall.openai().chat.completions.create(model="m", messages=USER, stream=True):
@@ -415,14 +421,8 @@ def test_forward_mode_decides_intercepted_hosts(tmp_path: Path, sdk: str, stream
                     text = message.content or ""
                 else:
                     claude = anthropic.Anthropic(base_url=llm.url, api_key="sk-test", http_client=http_client)
-                    kwargs: dict[str, Any] = {"model": "m", "max_tokens": 100, "messages": USER}
-                    if stream:
-                        with claude.messages.stream(**kwargs) as events:
-                            answer = events.get_final_message()
-                    else:
-                        answer = claude.messages.create(**kwargs)
-                    calls = [(b.name, b.input) for b in answer.content if b.type == "tool_use"]
-                    text = "".join(b.text for b in answer.content if b.type == "text")
+                    answer = _ask_anthropic(claude, stream)
+                    calls, text = _tool_uses(answer), _text(answer)
             assert calls == [SAFE]
             assert "aegis-proxy blocked tool call `run_shell`" in text
             records = verified_records(config)
