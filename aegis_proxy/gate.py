@@ -51,12 +51,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("aegis_proxy.gate")
 
 
-def _on_a_loop() -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def _warm_quietly(texts: Sequence[tuple[str, bool]]) -> None:
@@ -244,8 +243,9 @@ class Gate:
         Never raises and never waits (a prefetch is a hint: a failed one is logged, and the check does the work)."""
         try:
             new = provenance.unseen(context)
-            if new and sum(len(text) for text, _ in new) > INLINE_MAX_CHARS and _on_a_loop():
-                asyncio.get_running_loop().run_in_executor(None, _warm_quietly, new)
+            loop = _running_loop()
+            if loop is not None and sum(len(text) for text, _ in new) > INLINE_MAX_CHARS:
+                loop.run_in_executor(None, _warm_quietly, new)
             else:
                 provenance.warm(new)
         except Exception:
