@@ -262,6 +262,8 @@ def test_score_ppm(score: float, ppm: int) -> None:
 def test_format_time() -> None:
     moment = dt.datetime(2026, 11, 29, 11, 26, 51, 123, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     assert format_time(moment) == TIME
+    assert format_time(dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)) == "2026-01-02T03:04:05.000000Z"
+    assert format_time(dt.datetime(999, 12, 31, 23, 0, tzinfo=dt.UTC)) == "0999-12-31T23:00:00.000000Z"
     with pytest.raises(AuditError):
         format_time(dt.datetime(2026, 11, 29))
 
@@ -290,6 +292,21 @@ def test_record_signer_signs_as_sign_record() -> None:
     assert signer.key_id == KEY_ID
     assert signer.sign(BODY) == SIGNED  # Ed25519 is deterministic: the same bytes and signature
     assert verify_record(signer.sign(BODY), TRUSTED) == BODY
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.binary(min_size=32, max_size=32),
+    tool=st.text(alphabet=st.characters(min_codepoint=0x20, blacklist_categories=("Cs", "Cc")), min_size=1),
+)
+def test_record_signatures_are_the_ones_openssl_makes(seed: bytes, tool: str) -> None:
+    """Records are signed through libsodium; the signature must be byte for byte what the key itself (OpenSSL) gives."""
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    signer = RecordSigner.of(key)
+    body = BODY.model_copy(update={"key_id": signer.key_id, "tool": tool[:256]})
+    signed = signer.sign(body)
+    assert signed.signature == key.sign(signing_message(signed.leaf_hash))
+    assert "sodium_key" not in repr(signer)  # the secret stays out of logs and tracebacks
 
 
 def _with(**changes: object) -> SignedRecord:

@@ -14,7 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+import nacl.bindings
 import rfc8785
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -147,7 +149,9 @@ def format_time(moment: dt.datetime) -> str:
     """RFC 3339 in UTC with exactly six fractional digits, e.g. 2026-11-29T10:26:51.000123Z."""
     if moment.tzinfo is None:
         raise AuditError("audit timestamps must be timezone-aware", hint="pass datetime.now(datetime.UTC)")
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime took 20 us in the running proxy, a tenth of the record's build; it also pads
+    # years below 1000 (the pattern wants four digits)
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # without "+00:00"
 
 
 def score_ppm(score: float) -> int:
@@ -301,14 +305,27 @@ def _parse_body_explained(data: bytes) -> RecordBody:
 @dataclasses.dataclass(frozen=True, slots=True)
 class RecordSigner:
     """A signing key with its key id, derived once: deriving it (public key, encoding, hash) cost about 9 us, a
-    twentieth of an append, when it was done for every record."""
+    twentieth of an append, when it was done for every record.
+
+    Records are signed with libsodium (`sodium_key`, the same key in its form), which signs Ed25519 in half the time
+    OpenSSL takes (measured: 47 us against 102 us on the build machine, a tenth of an append). Ed25519 signatures are
+    deterministic (RFC 8032), so the bytes are those `key.sign` gives; the key itself stays the one object the store,
+    checkpoints and rotations use."""
 
     key: Ed25519PrivateKey
     key_id: str
+    sodium_key: bytes = dataclasses.field(repr=False)  # libsodium's secret key: the 32-byte seed, then the public key
 
     @classmethod
     def of(cls, key: Ed25519PrivateKey) -> RecordSigner:
-        return cls(key, key_id(key.public_key()))
+        public = key.public_key()
+        seed = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        derived, sodium_key = nacl.bindings.crypto_sign_seed_keypair(seed)
+        if derived != public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw):
+            raise AuditError("libsodium derived another public key from this signing key", hint="a library bug")
+        return cls(key, key_id(public), sodium_key)
 
     def sign(self, body: RecordBody) -> SignedRecord:
         """Serialise, hash and sign a body. The body must name this key's id."""
@@ -318,7 +335,8 @@ class RecordSigner:
             )
         data = canonical_body(body)
         leaf = leaf_hash(data)
-        signature = self.key.sign(signing_message(leaf))
+        # crypto_sign returns the signature followed by the message
+        signature = nacl.bindings.crypto_sign(signing_message(leaf), self.sodium_key)[:SIGNATURE_BYTES]
         return SignedRecord(body_bytes=data, leaf_hash=leaf, key_id=self.key_id, signature=signature)
 
 

@@ -765,7 +765,7 @@ class AuditStore:
                 # waits here and then reads the new key, never the retired one.
                 self._signer_lock.acquire()
                 locked = True
-            self._signer = RecordSigner(new_key, new_id)
+            self._signer = RecordSigner.of(new_key)
             self._checkpointed_size = max(self._checkpointed_size, checkpointed.size)
             return seq
         except AuditError:
