@@ -20,11 +20,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from aegis_proxy import strict_json
 from aegis_proxy.errors import InputError
 from aegis_proxy.firewall import Firewall
 from aegis_proxy.history import SessionHistory
 from aegis_proxy.models import CallContext, Decision, Message, Role, ToolCall
-from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
+from aegis_proxy.strict_json import DuplicateKeyError, NotANumberError
 
 
 class _Strict(BaseModel):
@@ -53,14 +54,12 @@ class CheckLine(_Strict):
     meta: dict[str, JsonValue] | None = None
 
 
-def _reject_constant(name: str) -> None:
-    raise InputError(f"{name} is not JSON", hint="NaN and Infinity are not valid JSON numbers")
-
-
 def loads_strict(text: str) -> Any:
     """json.loads that refuses what other parsers might read differently: duplicate keys, NaN, Infinity."""
     try:
-        return json.loads(text, object_pairs_hook=object_without_duplicates, parse_constant=_reject_constant)
+        return strict_json.loads(text)
+    except NotANumberError as exc:
+        raise InputError(str(exc), hint="NaN and Infinity are not valid JSON numbers") from None
     except DuplicateKeyError as exc:
         raise InputError(str(exc), hint="a JSON object may name each key once") from None
     except RecursionError:

@@ -16,10 +16,11 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from aegis_proxy import strict_json
 from aegis_proxy.errors import WireError as WireError  # the wire modules' error, kept with the project's others
 from aegis_proxy.models import Message, ToolCall
 from aegis_proxy.proxy.sse import SSEEvent
-from aegis_proxy.strict_json import DuplicateKeyError, object_without_duplicates
+from aegis_proxy.strict_json import DuplicateKeyError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +110,14 @@ def load_json(data: bytes | str, what: str) -> object:
     except UnicodeDecodeError as exc:
         raise WireError(f"{what}: not UTF-8 (byte {exc.start})", hint="the body must be UTF-8 JSON") from None
     try:
-        value = json.loads(text, object_pairs_hook=object_without_duplicates, parse_constant=_reject_constant)
+        value = strict_json.loads(text)
     except DuplicateKeyError as exc:
         raise WireError(f"{what}: {exc}", hint="a JSON object may name each key once") from None
     except RecursionError:
         raise WireError(f"{what}: JSON nested too deeply", hint="the body nests objects too deeply to read") from None
     except json.JSONDecodeError as exc:
         raise WireError(f"{what}: invalid JSON: {exc.msg} at column {exc.colno}") from None
-    except ValueError as exc:  # NaN/Infinity (below), integers longer than Python reads
+    except ValueError as exc:  # NaN/Infinity (NotANumberError), integers longer than Python reads
         raise WireError(f"{what}: {str(exc)[:120]}", hint="the body must be plain JSON") from None
     if _SURROGATE_ESCAPE.search(text) and not _all_strings_encodable(value):
         # parsers disagree on a lone surrogate (error, U+FFFD, kept): another reading of the same body
@@ -150,10 +151,6 @@ def _all_strings_encodable(value: object) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return True
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def dump_json(value: object) -> str:
