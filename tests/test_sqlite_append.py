@@ -4,10 +4,12 @@ path, the configured durability on its own connection, all-or-nothing transactio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import multiprocessing
 import sqlite3
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -197,27 +199,78 @@ def test_a_forked_child_opens_its_own_connection(raw_store: AuditStore) -> None:
     verify_chain(raw_store, TRUSTED)
 
 
-def test_a_transaction_that_must_not_wait_refuses_a_held_lock(tmp_path: Path) -> None:
-    """wait=False: another connection holds the write lock, so BEGIN fails at once with DatabaseBusy and nothing is
-    written; the connection's busy timeout is restored for the transactions that do wait."""
-    path = tmp_path / "audit.db"
-    appender = SqliteAppender(str(path), "normal")
-    with appender.transaction() as tx:  # creates the file and the connection
+@pytest.fixture
+def appender(tmp_path: Path) -> Iterator[SqliteAppender]:
+    opened = SqliteAppender(str(tmp_path / "audit.db"), "normal")
+    with opened.transaction() as tx:  # creates the file and the connection
         tx.run(sa.text("CREATE TABLE t (x INTEGER)"), {})
-    other = sqlite3.connect(path, isolation_level=None)
+    yield opened
+    opened.close()
+
+
+@contextlib.contextmanager
+def write_lock_held(appender: SqliteAppender) -> Iterator[sqlite3.Connection]:
+    """Another connection (another process, as far as SQLite can tell) holding the database's write lock."""
+    other = sqlite3.connect(appender.path, isolation_level=None, check_same_thread=False)  # released from a timer
     other.execute("BEGIN IMMEDIATE")
     try:
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+def test_a_transaction_that_must_not_wait_refuses_a_held_lock(appender: SqliteAppender) -> None:
+    """wait=False: another connection holds the write lock, so BEGIN fails at once with DatabaseBusy and nothing is
+    written; the next transaction that does wait still waits for the lock."""
+    with write_lock_held(appender) as other:
         started = time.perf_counter()
         with pytest.raises(DatabaseBusy), appender.transaction(wait=False):
             pytest.fail("the transaction began although the lock is held")
         assert time.perf_counter() - started < 0.5
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
-    connection = appender._connect()
-    assert connection.execute("PRAGMA busy_timeout").fetchone() == (int(BUSY_TIMEOUT * 1000),)
-    assert not connection.in_transaction
+        assert not appender._connect().in_transaction
+        # A waiting transaction on the same connection waits for the lock: released 0.3 s later, it commits.
+        threading.Timer(0.3, other.execute, ("ROLLBACK",)).start()
+        started = time.perf_counter()
+        with appender.transaction() as tx:
+            tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
+        assert time.perf_counter() - started >= 0.25
     with appender.transaction(wait=False) as tx:
-        tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
-    assert connection.execute("SELECT x FROM t").fetchall() == [(1,)]
-    appender.close()
+        tx.run(sa.text("INSERT INTO t VALUES (2)"), {})
+    assert appender._connect().execute("SELECT x FROM t").fetchall() == [(1,), (2,)]
+
+
+def test_the_busy_timeout_is_set_only_when_the_way_of_appending_changes(appender: SqliteAppender) -> None:
+    statements: list[str] = []
+    appender._connect().set_trace_callback(statements.append)
+    for wait in (False, False, False, True, True, False):
+        with appender.transaction(wait=wait) as tx:
+            tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
+    pragmas = [statement for statement in statements if statement.startswith("PRAGMA")]
+    assert pragmas == [
+        "PRAGMA busy_timeout = 0",
+        f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}",
+        "PRAGMA busy_timeout = 0",
+    ]
+    assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 6
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_BUSY | (2 << 8)])
+def test_a_busy_database_after_begin_is_busy_for_a_transaction_that_must_not_wait(
+    appender: SqliteAppender, code: int
+) -> None:
+    """Should a statement after BEGIN find the database busy (the write lock is ours, so in WAL mode none should),
+    a transaction that must not wait rolls back and says DatabaseBusy (its caller then takes the waiting path); one
+    that waits fails with the driver's error. Either way nothing is written."""
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = code  # type: ignore[attr-defined]
+    for wait, expected in ((False, DatabaseBusy), (True, sqlite3.OperationalError)):
+        with pytest.raises(expected), appender.transaction(wait=wait) as tx:
+            tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
+            raise busy
+        assert appender._connect().execute("SELECT count(*) FROM t").fetchone() == (0,)
+    other = sqlite3.OperationalError("disk I/O error")
+    other.sqlite_errorcode = sqlite3.SQLITE_IOERR  # type: ignore[attr-defined]
+    with pytest.raises(sqlite3.OperationalError), appender.transaction(wait=False):
+        raise other  # not a busy database: the error itself, never a retry
