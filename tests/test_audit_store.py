@@ -23,7 +23,14 @@ from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.merkle import MerkleFrontier
 from aegis_proxy.audit.merkle import root as merkle_root
 from aegis_proxy.audit.record import args_commitment, parse_body
-from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records
+from aegis_proxy.audit.store import (
+    AppendEntry,
+    AuditStore,
+    EntryRefused,
+    audit_arguments,
+    audit_head,
+    audit_records,
+)
 from aegis_proxy.audit.verify import verify_chain
 from tests.pg import pg_schema_url
 
@@ -96,13 +103,36 @@ def test_batch_append_is_one_contiguous_run(store: AuditStore) -> None:
     verify_chain(store, TRUSTED)
 
 
-def test_failed_batch_writes_nothing(store: AuditStore) -> None:
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (AppendEntry(type="decision", decision="maybe", tool="shell", arguments={}), "decision"),  # not an effect
+        (AppendEntry(type="decision", decision="deny", tool="shell", arguments={"n": float("inf")}), "arguments.n"),
+        (AppendEntry(type="decision", decision="deny", tool="a\x00b", arguments={}), "tool"),
+    ],
+    ids=["schema", "arguments", "control-character"],
+)
+def test_a_refused_entry_is_named_and_its_batch_writes_nothing(
+    store: AuditStore, bad: AppendEntry, reason: str
+) -> None:
     store.append([decision()])
-    bad = AppendEntry(type="decision", decision="maybe", tool="shell", arguments={})  # not an effect
-    with pytest.raises(AuditError, match="audit append failed"):
-        store.append([decision(), bad])
+    with pytest.raises(EntryRefused, match=reason) as refused:
+        store.append([decision(), decision(), bad, decision()])
+    assert refused.value.index == 2
     assert store.head()[0] == 0
+    assert store.append([decision(), decision(), decision()]) == [1, 2, 3]  # the others, without it
     verify_chain(store, TRUSTED)
+
+
+def test_a_failed_batch_writes_nothing(store: AuditStore) -> None:
+    store.append([decision()])
+    with store.engine.begin() as conn:  # the chain's head row is gone: nothing can be appended
+        conn.execute(sa.delete(audit_head))
+    with pytest.raises(AuditError, match="audit append failed") as failed:
+        store.append([decision(), decision()])
+    assert not isinstance(failed.value, EntryRefused)  # the database's fault, not an entry's
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_records)).scalar() == 1
 
 
 def test_threads_form_one_chain(store: AuditStore) -> None:
@@ -302,7 +332,7 @@ def test_failed_batch_writes_no_checkpoint(db_url: str) -> None:
         store.append([decision()])
         frontier = frontier_column(store)
         bad = AppendEntry(type="decision", decision="maybe", tool="shell", arguments={})
-        with pytest.raises(AuditError, match="audit append failed"):
+        with pytest.raises(AuditError, match="audit entry refused"):
             store.append([decision(), decision(), bad])
         assert checkpoint_sizes(store) == [1]
         assert frontier_column(store) == frontier

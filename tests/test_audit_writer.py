@@ -20,7 +20,7 @@ from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import FindingSummary
 from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_arguments, audit_head, audit_records
 from aegis_proxy.audit.verify import verify_chain
-from aegis_proxy.audit.writer import AuditWriter, check_entry
+from aegis_proxy.audit.writer import AuditWriter
 from tests.pg import PG_URL
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -191,32 +191,44 @@ def test_submit_after_close_is_refused(store: CountingStore) -> None:
         ({"findings": (FindingSummary(category="x", severity="high", path="a"),), "rules": ("ok", "")}, "rules"),
     ],
 )
-def test_unwritable_entries_are_refused_at_submit(changes: dict[str, object], problem: str) -> None:
-    with pytest.raises(AuditError, match=problem):
-        check_entry(entry(**changes))
+def test_unwritable_entries_are_refused_with_the_reason(
+    store: CountingStore, changes: dict[str, object], problem: str
+) -> None:
+    with AuditWriter(store) as writer, pytest.raises(AuditError, match=problem):
+        writer.append_sync(entry(**changes))
+    assert store.head()[0] == -1  # nothing written
 
 
 @pytest.mark.parametrize(
     "changes",
     [
         {},
-        {"type": "approval", "decision": "allow", "ref_seq": 2**53 - 2, "approver": "alice", "arguments": None},
+        {"type": "approval", "decision": "allow", "ref_seq": 0, "approver": "alice", "arguments": None},
         {"type": "timeout", "decision": None, "ref_seq": 0, "arguments": None},
         {"type": "policy_reload", "decision": None, "tool": None, "arguments": None, "policy_digest": "ab" * 32},
         {"arguments": {"f": 1.5, "nested": [{"k": [None, True, "ü"]}]}},
     ],
 )
-def test_writable_entries_pass_the_check(changes: dict[str, object]) -> None:
-    check_entry(entry(**changes))
+def test_writable_entries_are_written(store: CountingStore, changes: dict[str, object]) -> None:
+    with AuditWriter(store) as writer:
+        assert writer.append_sync(entry()) == 0
+        assert writer.append_sync(entry(**changes)) == 1
+    verify_chain(store, TRUSTED)
 
 
-def test_a_bad_entry_does_not_poison_the_batch(store: CountingStore) -> None:
-    with AuditWriter(store, linger=0.05) as writer:
-        good = [writer.submit(entry(n)) for n in range(3)]
-        with pytest.raises(AuditError):
-            writer.submit(entry(tool="\x1b[31mred"))
-        more = [writer.submit(entry(n)) for n in range(3, 6)]
-        assert [f.result(30) for f in good + more] == list(range(6))
+@pytest.mark.parametrize("bad_at", [0, 2, 5])
+def test_a_bad_entry_does_not_poison_the_batch(store: CountingStore, bad_at: int) -> None:
+    """Queued together (one batch, linger), the bad entry fails alone, wherever it is; the others are written in
+    order with no gap in the chain."""
+    with AuditWriter(store, linger=0.2) as writer:
+        entries = [entry(n) for n in range(5)]
+        entries.insert(bad_at, entry(tool="\x1b[31mred"))
+        futures = [writer.submit(queued) for queued in entries]
+        bad = futures.pop(bad_at)
+        with pytest.raises(AuditError, match="tool"):
+            bad.result(30)
+        assert [f.result(30) for f in futures] == list(range(5))
+    assert store.batches[-1] == 5  # the five good ones in one commit, after the refusal
     verify_chain(store, TRUSTED)
 
 

@@ -191,13 +191,54 @@ def canonical_json(value: Any) -> bytes:
 
 
 def canonical_arguments(arguments: Any) -> bytes:
-    """The RFC 8785 bytes of a call's arguments, as committed to and stored; AuditError when they have none."""
+    """The RFC 8785 bytes of a call's arguments, as committed to and stored; AuditError, naming the first value
+    that has no such form, when they have none."""
     try:
         return canonical_json(arguments)
-    except rfc8785.CanonicalizationError as error:
+    except (rfc8785.CanonicalizationError, RecursionError) as error:
+        problem = json_problem(arguments, "arguments") or str(error)[:200]
         raise AuditError(
-            f"arguments cannot be canonicalised: {error}", hint="no floats, NaN or integers beyond 2^53"
+            f"arguments cannot be canonicalised: {problem}",
+            hint="arguments must be JSON: no NaN, no integers beyond 2^53",
         ) from error
+
+
+def json_problem(value: Any, path: str, depth: int = 0) -> str:
+    """Why `value` has no RFC 8785 form, naming where (e.g. "arguments.n is not a finite number"); "" when it has one.
+    Only called once canonicalisation failed: it explains, it does not decide."""
+    if depth > 256:
+        return f"{path} nests deeper than 256 levels"
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, int):
+        return "" if abs(value) <= MAX_SAFE_INTEGER else f"{path} is an integer beyond 2^53"
+    if isinstance(value, float):
+        return "" if value == value and abs(value) != float("inf") else f"{path} is not a finite number"
+    if isinstance(value, str):
+        return "" if _encodable(value) else f"{path} holds a lone surrogate"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _encodable(key):
+                return f"{path} has a key that is not a valid string"
+            problem = json_problem(item, f"{path}.{key[:32]}", depth + 1)
+            if problem:
+                return problem
+        return ""
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = json_problem(item, f"{path}[{index}]", depth + 1)
+            if problem:
+                return problem
+        return ""
+    return f"{path} is a {type(value).__name__}, not JSON"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def canonical_body(body: RecordBody) -> bytes:

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -134,6 +135,25 @@ audit_checkpoints = Table(
 
 class AppendWouldWait(Exception):
     """An append asked not to wait (`wait=False`) found the log busy: nothing was written; append again waiting."""
+
+
+class EntryRefused(AuditError):
+    """The entry at `index` of an append can never become a record (the schema refuses a field, or its arguments
+    have no canonical form), whatever the database holds: nothing of the append was written, and the others may be
+    appended without it."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message, hint="the call is denied; fix the field's source")
+        self.index = index
+
+
+def _refusal(index: int, error: Exception) -> EntryRefused:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "entry"
+        return EntryRefused(index, f"audit entry refused: {where}: {first['msg']}"[:300])
+    reason = error.message if isinstance(error, AuditError) else str(error)
+    return EntryRefused(index, f"audit entry refused: {reason}"[:300])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,9 +558,12 @@ class AuditStore:
                 seqs: list[int] = []
                 records: list[dict[str, Any]] = []
                 arguments: list[dict[str, Any]] = []
-                for entry in entries:
+                for index, entry in enumerate(entries):
                     seq += 1
-                    prev = self._build(signer, entry, seq, prev, records, arguments)
+                    try:
+                        prev = self._build(signer, entry, seq, prev, records, arguments)
+                    except (AuditError, ValueError) as error:  # ValueError: pydantic's ValidationError
+                        raise _refusal(index, error) from error
                     frontier.append(prev)
                     seqs.append(seq)
                 # One executemany per table: per-row INSERTs cost more than signing the records.
