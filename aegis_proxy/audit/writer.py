@@ -37,8 +37,6 @@ log = logging.getLogger("aegis_proxy.audit")
 
 _STOP = object()  # queue sentinel: flush what came before it, then end
 WAL_CHECKPOINT_RECORDS = 64  # records between background WAL checkpoints (SQLite's own comes at 1,000 log pages)
-_PLACEHOLDER_KEY_ID = "0" * 32
-_MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def _not_committed(timeout: float) -> AuditError:
