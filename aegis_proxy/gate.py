@@ -272,7 +272,12 @@ class Gate:
         return outcome
 
     async def decide_async(
-        self, call: ToolCall, context: CallContext | None = None, *, request_id: str | None = None
+        self,
+        call: ToolCall,
+        context: CallContext | None = None,
+        *,
+        request_id: str | None = None,
+        alone: bool = False,
     ) -> GateOutcome:
         """`decide` for the event loop: the same outcome and the same durable record, without blocking the loop.
 
@@ -280,14 +285,15 @@ class Gate:
         firewall is pure and takes a fraction of a millisecond, less than handing the call to a worker thread and back.
         Its audit record goes to the writer thread, and the loop serves other flows until the record is durable; or,
         when the writer is idle and an append cannot wait or fsync (SQLite, `audit.sync = "normal"`), it is appended
-        right here (AuditWriter.append_async).
+        right here (AuditWriter.append_async); with `full`, too, when the caller is `alone` (no other flow is in
+        progress on this loop, so nobody waits while the loop waits for the fsync).
         Whatever may take long or block runs in a worker thread, as `decide`: the probe, large calls, the approvals
         database of an ask, writing a failure."""
         if not self._inline(call, context):
             return await self._decide_in_thread(call, context, request_id)
         started = time.perf_counter()
         try:
-            outcome = await self._decide_inline(call, context or CallContext(), request_id, started)
+            outcome = await self._decide_inline(call, context or CallContext(), request_id, started, alone)
         except Exception as error:  # a bug in the inline path: still a deny, audited when the log takes it
             outcome = await self._failed_in_thread(call, context, request_id, started, "decide", error)
         self._notify("decided", outcome, time.perf_counter() - started)
@@ -334,7 +340,7 @@ class Gate:
         return True
 
     async def _decide_inline(
-        self, call: ToolCall, context: CallContext, request_id: str | None, started: float
+        self, call: ToolCall, context: CallContext, request_id: str | None, started: float, alone: bool
     ) -> GateOutcome:
         try:
             judged = self._judge(call, context, request_id, started)
@@ -343,7 +349,7 @@ class Gate:
         if judged.decision.effect is Effect.ASK:
             return await asyncio.to_thread(self._conclude, judged)  # the approvals database: off the loop
         try:
-            seq = await self._write_async(self._decision_entry(judged))
+            seq = await self._write_async(self._decision_entry(judged), alone=alone)
         except Exception as error:  # nothing to write the failure to: _failed writes nothing for "audit"
             return self._failed(call, context, request_id, started, "audit", error)
         return self._ruled(judged, seq)
@@ -615,11 +621,12 @@ class Gate:
         self._notify("appended", time.perf_counter() - started, None)
         return seq
 
-    async def _write_async(self, entry: AppendEntry) -> int:
-        """`_write` for the event loop: the same durable record, awaited without blocking the loop."""
+    async def _write_async(self, entry: AppendEntry, *, alone: bool = False) -> int:
+        """`_write` for the event loop: the same durable record, awaited without blocking the loop (when `alone`, the
+        loop may wait for it: AuditWriter.append_async)."""
         started = time.perf_counter()
         try:
-            seq = await self.writer.append_async(entry, self.audit_timeout)
+            seq = await self.writer.append_async(entry, self.audit_timeout, alone=alone)
         except BaseException as error:
             self._notify("appended", time.perf_counter() - started, error)
             raise

@@ -4,6 +4,7 @@ the same durable record and the same chain as through the writer thread, and nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.store import AppendEntry, AppendWouldWait
 from aegis_proxy.audit.verify import verify_chain
 from aegis_proxy.audit.writer import AuditWriter
+from tests.pg import pg_schema_url
 from tests.test_audit_writer import KEY as SIGNER
 from tests.test_audit_writer import TRUSTED, CountingStore, HeldDatabase, entry, wait_running
 
@@ -32,16 +34,34 @@ def quick(tmp_path: Path) -> Iterator[tuple[CountingStore, AuditWriter]]:
     store.close()
 
 
-@pytest.mark.parametrize(("sync", "expected"), [("normal", True), ("full", False)])
-def test_only_sqlite_normal_appends_are_quick(tmp_path: Path, sync: str, expected: bool) -> None:
-    # full: the commit fsyncs (up to milliseconds on a busy disk), too long for an event loop
+@pytest.mark.parametrize(("sync", "quick"), [("normal", True), ("full", False)])
+def test_sqlite_appends_need_not_wait_and_only_normal_ones_are_quick(tmp_path: Path, sync: str, quick: bool) -> None:
+    # full: the commit fsyncs (up to milliseconds on a busy disk), too long for an event loop that serves other flows
     store = open_store(tmp_path / "audit.db", sync)
     with AuditWriter(store) as writer:
-        assert store.quick_appends is expected and writer.quick is expected
-        assert (writer.append_now(entry()) is not None) is expected
-        if not expected:
-            with pytest.raises(AppendWouldWait):
-                store.append([entry()], wait=False)
+        assert store.quick_appends is quick and writer.quick is quick
+        assert store.appends_without_waiting and writer.direct
+        assert writer.append_now(entry()) == 0
+        assert store.append([entry()], wait=False) == [1]
+    store.close()
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_with_full_sync_the_loop_appends_only_when_alone(tmp_path: Path, alone: bool) -> None:
+    """audit.sync = full: a caller alone on its loop makes the record durable itself, fsync included (the commit runs
+    with synchronous=FULL on this connection); otherwise the record goes through the writer thread."""
+    store = open_store(tmp_path / "audit.db", "full")
+    with AuditWriter(store) as writer:
+
+        async def main() -> list[int]:
+            return [await writer.append_async(entry(n), alone=alone) for n in range(3)]
+
+        assert asyncio.run(main()) == [0, 1, 2]
+        expected = "MainThread" if alone else "aegis-audit-writer"
+        assert store.threads == [expected] * 3
+        assert store._sqlite is not None
+        assert store._sqlite._connect().execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    verify_chain(store, TRUSTED)
     store.close()
 
 
@@ -174,3 +194,28 @@ def test_loop_and_thread_appends_form_one_chain(quick: tuple[CountingStore, Audi
     assert sorted(seqs) == list(range(150))
     assert "MainThread" in store.threads and "aegis-audit-writer" in store.threads
     verify_chain(store, TRUSTED)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite-with-options"])
+def test_stores_whose_appends_may_wait_always_go_through_the_thread(tmp_path: Path, backend: str) -> None:
+    """PostgreSQL (and a SQLite URL with options, which keeps the SQLAlchemy path) has no append that refuses to
+    wait for a lock: the loop never appends itself there, alone or not."""
+    with contextlib.ExitStack() as stack:
+        url = (
+            stack.enter_context(pg_schema_url())
+            if backend == "postgresql"
+            else f"sqlite:///{tmp_path / 'audit.db'}?timeout=30"
+        )
+        store = CountingStore(url, origin="test/wait", signer_key=SIGNER, replica="r1", sync="full")
+        stack.callback(store.close)
+        writer = stack.enter_context(AuditWriter(store))
+        assert not store.appends_without_waiting and not writer.direct and not writer.quick
+        assert writer.append_now(entry()) is None
+        with pytest.raises(AppendWouldWait):
+            store.append([entry()], wait=False)
+
+        async def main() -> int:
+            return await writer.append_async(entry(), alone=True)
+
+        assert asyncio.run(main()) == 0
+        assert store.threads == ["aegis-audit-writer"]

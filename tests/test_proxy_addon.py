@@ -7,6 +7,7 @@ of ours must turn its own failure into a block, and these tests force a failure 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,65 @@ async def _exchange(
     flow.response.content = b"".join(answer)
     await addon.response(flow)
     return flow.response.content or b""
+
+
+# -- flows in progress ---------------------------------------------------------------------------------------------
+
+
+def test_a_decision_is_alone_only_while_no_other_flow_is_in_progress(gate: Gate) -> None:
+    """`alone` (the audit record may be made durable on the loop, fsync included) holds only while no other flow is
+    between its request and its end; a flow ends with its response or its error, or when mitmproxy drops it."""
+    addon = AegisAddon(gate, [OpenAIChat()])
+    first, second = _flow(), _flow()
+
+    async def scenario() -> list[bool]:
+        states = []
+        await addon.request(first)
+        states.append(addon.alone(first))
+        await addon.request(second)
+        states += [addon.alone(first), addon.alone(second)]
+        addon.error(first)
+        states.append(addon.alone(second))
+        await addon.request(first)  # a retry: in progress again
+        states.append(addon.alone(second))
+        _answer(first, json.dumps(chat_completion(SAFE, "m", 1)).encode())
+        await addon.response(first)
+        states.append(addon.alone(second))
+        return states
+
+    assert _run(addon, scenario) == [True, False, False, True, False, True]
+
+
+def test_a_flow_mitmproxy_drops_without_a_hook_does_not_keep_the_loop_busy(gate: Gate) -> None:
+    addon = AegisAddon(gate, [OpenAIChat()])
+    kept = _flow()
+
+    async def scenario() -> bool:
+        dropped = _flow()
+        await addon.request(dropped)
+        await addon.request(kept)
+        assert not addon.alone(kept)
+        del dropped  # neither response nor error: the flow object simply goes away
+        gc.collect()
+        return addon.alone(kept)
+
+    assert _run(addon, scenario)
+
+
+def test_a_failing_response_hook_still_ends_the_flow(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    addon = AegisAddon(gate, [OpenAIChat()])
+    first, second = _flow(), _flow()
+    monkeypatch.setattr(OpenAIChat, "tool_calls", lambda self, body: 1 / 0)
+
+    async def scenario() -> bool:
+        await addon.request(first)
+        await addon.request(second)
+        _answer(first, json.dumps(chat_completion(DANGEROUS, "m", 1)).encode())
+        await addon.response(first)
+        assert first.response is not None and first.response.status_code == 502  # blocked, as every failure is
+        return addon.alone(second)
+
+    assert _run(addon, scenario)
 
 
 # -- the happy path through the hooks --------------------------------------------------------------------------------
@@ -283,12 +343,14 @@ def test_the_request_is_parsed_before_the_hook_returns(gate: Gate) -> None:
 
 def test_a_valid_request_is_decided_with_its_context(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[CallContext] = []
+    alone_seen: list[bool] = []
     prefetched: list[CallContext] = []
     decide_async = gate.decide_async
 
-    def spying(call: ToolCall, context: CallContext, *, request_id: str) -> Any:
+    def spying(call: ToolCall, context: CallContext, *, request_id: str, alone: bool = False) -> Any:
         seen.append(context)
-        return decide_async(call, context, request_id=request_id)
+        alone_seen.append(alone)
+        return decide_async(call, context, request_id=request_id, alone=alone)
 
     monkeypatch.setattr(gate, "decide_async", spying)
     monkeypatch.setattr(gate, "prefetch", prefetched.append, raising=False)
@@ -305,6 +367,7 @@ def test_a_valid_request_is_decided_with_its_context(gate: Gate, monkeypatch: py
     )
     assert "aegis-proxy blocked tool call `run_shell`" in flow.response.text
     assert len(seen) == 1 and prefetched == seen  # the context the prefetch warmed up is the one decided with
+    assert alone_seen == [True]  # no other flow was in progress
     context = seen[0]
     assert (context.session_id, context.agent_id) == ("sess-1", "agent-1")
     assert [(m.role, m.content) for m in context.messages] == [(Role.SYSTEM, "be brief"), (Role.USER, "list my files")]

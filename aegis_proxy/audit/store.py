@@ -538,17 +538,23 @@ class AuditStore:
         )
 
     @property
+    def appends_without_waiting(self) -> bool:
+        """Whether `append(..., wait=False)` is available: SQLite through the raw driver, where an append can refuse
+        to wait for a lock. Its commit still syncs as `sync` says (with `full`, an fsync)."""
+        return self._sqlite is not None
+
+    @property
     def quick_appends(self) -> bool:
-        """Whether `append(..., wait=False)` is available: SQLite through the raw driver with `sync = "normal"`, where
-        a commit makes no fsync and the append can refuse to wait for a lock, so that it is short and bounded."""
-        return self._sqlite is not None and self.sync == "normal"
+        """Whether an append that does not wait is also short and bounded: `appends_without_waiting` with
+        `sync = "normal"`, whose commit makes no fsync."""
+        return self.appends_without_waiting and self.sync == "normal"
 
     def append(self, entries: Sequence[AppendEntry], *, wait: bool = True) -> list[int]:
         """Append a batch in one transaction (group commit) and return the seqs. Raises AuditError on any failure,
         in which case nothing of the batch was written and the caller must deny the tool call (fail closed).
 
-        `wait=False` (only when `quick_appends`): raise AppendWouldWait, having written nothing, instead of waiting
-        for another thread's transaction or another process's database lock."""
+        `wait=False` (only when `appends_without_waiting`): raise AppendWouldWait, having written nothing, instead of
+        waiting for another thread's transaction or another process's database lock."""
         try:
             checkpointed = None
             with self._locked(wait), self._append_transaction(wait) as tx:
@@ -592,9 +598,9 @@ class AuditStore:
             with self._write_lock:
                 yield
             return
-        if not self.quick_appends:
-            raise AppendWouldWait("this store has no appends that avoid waiting (PostgreSQL, or audit.sync = full)")
-        lock = self._write_lock  # a threading.Lock: quick appends are SQLite's
+        if not self.appends_without_waiting:
+            raise AppendWouldWait("this store has no appends that avoid waiting (PostgreSQL, SQLite URLs with options)")
+        lock = self._write_lock  # a threading.Lock: appends that do not wait are SQLite's
         if not isinstance(lock, _thread.LockType) or not lock.acquire(blocking=False):
             raise AppendWouldWait("another thread of this process is writing to the audit log")
         try:

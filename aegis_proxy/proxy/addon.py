@@ -12,6 +12,11 @@ Hooks and what they do (each one fails closed, see `_fail_closed`):
                    before mitmproxy asks for the stream's last bytes
   response         a whole LLM answer: decide every tool call, hold asks until approved, rewrite
                    blocked calls; an MCP answer: add our results for blocked calls, pin tool lists
+  error            the flow failed: it is no longer in progress (nothing to block)
+
+From `request` to `response` or `error` a flow is in progress. A decision taken while no other flow is (`alone`) may
+make its audit record durable on the event loop itself, fsync included (AuditWriter.append_async): nobody waits while
+the loop does, and the two thread hand-offs are saved.
 
 What our parser cannot read, we do not pass: a request to a known LLM endpoint whose body we cannot parse exactly
 (malformed JSON, duplicate keys, wrong types) gets a 403 and an audit record, and the upstream never sees it, since an
@@ -35,6 +40,7 @@ import functools
 import json
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -68,7 +74,9 @@ STORED_RESPONSE = re.compile(r"^(/v1)?/responses/[A-Za-z0-9_-]+/?$")  # GET: a s
 class GateLike(Protocol):
     """What the addon needs from aegis_proxy.gate.Gate (a Protocol so the addon's tests can use a real Gate)."""
 
-    def decide_async(self, call: ToolCall, context: CallContext, *, request_id: str) -> Awaitable[Any]: ...
+    def decide_async(
+        self, call: ToolCall, context: CallContext, *, request_id: str, alone: bool = False
+    ) -> Awaitable[Any]: ...
 
     def await_approval(self, outcome: Any, timeout: float) -> Awaitable[Any]: ...
 
@@ -207,6 +215,9 @@ class AegisAddon:
         self.routes = RouteTable(())
         self.reverse = True
         self.approval_timeout = 300.0
+        # Flows between our request hook and their end (response or error): whether a decision is alone on the loop.
+        # Weak, so that a flow mitmproxy drops without either hook cannot make the loop look busy for ever.
+        self._in_progress: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 
     # -- options ---------------------------------------------------------------------------------------------------
 
@@ -261,6 +272,7 @@ class AegisAddon:
 
     @_fail_closed("request")
     async def request(self, flow: http.HTTPFlow) -> None:
+        self._in_progress.add(flow)
         target = self._route(flow)
         if target is None:
             return
@@ -332,8 +344,18 @@ class AegisAddon:
         if isinstance(stream, SafeStream):
             await stream.finish()
 
-    @_fail_closed("response")
     async def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._response(flow)
+        finally:
+            self._in_progress.discard(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """The flow failed (the client or the upstream went away): it is no longer in progress. Nothing to block."""
+        self._in_progress.discard(flow)
+
+    @_fail_closed("response")
+    async def _response(self, flow: http.HTTPFlow) -> None:
         failed = flow.metadata.get(FAILED_KEY)
         if failed is not None:  # responseheaders failed or refused the answer (block_on_failure)
             raise failed if isinstance(failed, BlockedFlow) else BlockedFlow(502, "aegis-proxy blocked this response")
@@ -390,12 +412,17 @@ class AegisAddon:
     # -- deciding --------------------------------------------------------------------------------------------------
 
     async def ruling(self, flow: http.HTTPFlow, context: CallContext, call: ToolCall) -> Ruling:
-        """Decide one call without blocking the event loop (Gate.decide_async: small calls are judged on the loop,
-        their audit record awaited from the writer thread); hold an ask until a human answers or the timeout passes."""
-        outcome = await self.gate.decide_async(call, context, request_id=flow.id)
+        """Decide one call without blocking other flows (Gate.decide_async: small calls are judged on the loop, their
+        audit record awaited from the writer thread, or made durable right here when no other flow is in progress);
+        hold an ask until a human answers or the timeout passes."""
+        outcome = await self.gate.decide_async(call, context, request_id=flow.id, alone=self.alone(flow))
         if outcome.effect == "ask":
             outcome = await self.gate.await_approval(outcome, self.approval_timeout)
         return Ruling(call_id=call.id, allow=outcome.effect == "allow", message=outcome.message)
+
+    def alone(self, flow: http.HTTPFlow) -> bool:
+        """Whether no flow but `flow` is in progress on this event loop: then nobody waits while the loop waits."""
+        return len(self._in_progress) - (flow in self._in_progress) == 0
 
     def _lookahead(self, flow: http.HTTPFlow, state: FlowState, protocol: LLMProtocol) -> LookaheadStream:
         """The protocol's stream filter, its calls decided as asyncio tasks while the stream goes on."""
