@@ -203,6 +203,13 @@ def canonical_arguments(arguments: Any) -> bytes:
         ) from error
 
 
+def schema_problem(error: ValidationError, whole: str = "") -> str:
+    """The first thing the record schema refused, as "field: why" (`whole` names the field of a check on the whole
+    record, whose location is empty)."""
+    first = error.errors()[0]
+    return f"{'.'.join(str(part) for part in first['loc']) or whole}: {first['msg']}"
+
+
 def json_problem(value: Any, path: str, depth: int = 0) -> str:
     """Why `value` has no RFC 8785 form, naming where (e.g. "arguments.n is not a finite number"); "" when it has one.
     Only called once canonicalisation failed: it explains, it does not decide."""
@@ -335,9 +342,7 @@ def _parse_body_explained(data: bytes) -> RecordBody:
     try:
         body = RecordBody.model_validate_json(data)  # JSON mode: arrays are tuples, strings may be Literals
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise VerificationError(f"body invalid: {where}: {first['msg']}"[:300]) from error
+        raise VerificationError(f"body invalid: {schema_problem(error)}"[:300]) from error
     if body.model_dump(mode="json") != value:  # the schema must not normalise anything away
         raise VerificationError("body not canonical: schema round-trip changed the bytes", index=body.seq)
     return body

@@ -64,6 +64,7 @@ from aegis_proxy.audit.record import (
     SignedRecord,
     canonical_arguments,
     format_time,
+    schema_problem,
 )
 from aegis_proxy.audit.sqlite_append import DatabaseBusy, SqliteAppender, database_path
 
@@ -149,9 +150,7 @@ class EntryRefused(AuditError):
 
 def _refusal(index: int, error: Exception) -> EntryRefused:
     if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "entry"
-        return EntryRefused(index, f"audit entry refused: {where}: {first['msg']}"[:300])
+        return EntryRefused(index, f"audit entry refused: {schema_problem(error, 'entry')}"[:300])
     reason = error.message if isinstance(error, AuditError) else str(error)
     return EntryRefused(index, f"audit entry refused: {reason}"[:300])
 
