@@ -7,6 +7,7 @@ and must never be mutated on the way.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -94,7 +95,8 @@ class CallContext(Frozen):
     agent_id: str | None = None
     session_id: str | None = None
     messages: tuple[Message, ...] = ()
-    history: tuple[PriorCall, ...] = ()
+    # Oldest first. A tuple, or the live session's history.HistoryView (its calls at one moment, not copied).
+    history: Sequence[PriorCall] = ()
 
     @property
     def user_request(self) -> str:

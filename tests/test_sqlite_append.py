@@ -9,6 +9,8 @@ import datetime as dt
 import itertools
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -247,13 +249,79 @@ def test_the_busy_timeout_is_set_only_when_the_way_of_appending_changes(appender
     for wait in (False, False, False, True, True, False):
         with appender.transaction(wait=wait) as tx:
             tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
-    pragmas = [statement for statement in statements if statement.startswith("PRAGMA")]
+    pragmas = [statement for statement in statements if statement.startswith("PRAGMA busy_timeout")]
     assert pragmas == [
         "PRAGMA busy_timeout = 0",
         f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}",
         "PRAGMA busy_timeout = 0",
     ]
     assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 6
+
+
+def _unchanged(appender: SqliteAppender) -> bool:
+    with appender.transaction() as tx:
+        tx.run(sa.text("INSERT INTO t VALUES (1)"), {})
+        return tx.unchanged
+
+
+def test_a_transaction_is_unchanged_only_when_no_other_connection_committed_since_its_own_last_commit(
+    appender: SqliteAppender,
+) -> None:
+    """`unchanged` lets the store reuse the head row its previous commit left: it must never be True after another
+    connection (of this process or another) committed, and it is True after our own commit."""
+    assert appender._committed_version is not None  # the fixture's transaction committed
+    assert _unchanged(appender) is True  # our own commits do not count
+    other = sqlite3.connect(appender.path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO t VALUES (2)")  # another connection commits
+        assert _unchanged(appender) is False
+        assert _unchanged(appender) is True
+        other.execute("BEGIN IMMEDIATE")  # a transaction that writes nothing and rolls back is no change
+        other.execute("ROLLBACK")
+        assert _unchanged(appender) is True
+    finally:
+        other.close()
+
+
+def test_a_failed_transaction_forgets_what_the_last_commit_left(appender: SqliteAppender) -> None:
+    assert _unchanged(appender) is True
+    with pytest.raises(RuntimeError), appender.transaction() as tx:
+        tx.run(sa.text("INSERT INTO t VALUES (3)"), {})
+        raise RuntimeError("the caller failed")
+    assert _unchanged(appender) is False  # rolled back: the next one reads again
+    assert _unchanged(appender) is True
+
+
+def test_another_process_commit_is_a_change(appender: SqliteAppender) -> None:
+    assert _unchanged(appender) is True
+    code = (
+        f"import sqlite3; sqlite3.connect({appender.path!r}, isolation_level=None).execute('INSERT INTO t VALUES (9)')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert _unchanged(appender) is False
+
+
+def test_stores_sharing_a_database_read_each_others_head(tmp_path: Path) -> None:
+    """Two stores on one file (two replicas, as far as SQLite can tell): each reuses the head its own last commit
+    left only while the other has not appended, so their interleaved appends form one chain."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    first, second = open_store(url), open_store(url)
+    try:
+        reads: list[str] = []
+        for store in (first, second):
+            assert store._sqlite is not None
+            store._sqlite._connect().set_trace_callback(
+                lambda statement: reads.append(statement) if statement.startswith("SELECT audit_head") else None
+            )
+        seqs = [store.append([ENTRIES[0]])[0] for store in (first, first, first, second, first, second, second)]
+        assert seqs == list(range(7))
+        # Read: each store's first append, and the two later appends that follow one of the other store; the rest
+        # (first's 2nd and 3rd, second's last) reused their own commit's head.
+        assert len(reads) == 2 + 2
+        verify_chain(first, TRUSTED)
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_BUSY | (2 << 8)])

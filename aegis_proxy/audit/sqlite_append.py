@@ -49,9 +49,12 @@ def _is_busy(error: sqlite3.Error) -> bool:
 class SqliteTransaction:
     """An open write transaction: runs the store's statements (compiled once per connection) on the raw cursor."""
 
-    def __init__(self, cursor: sqlite3.Cursor, compiled: dict[Executable, str]) -> None:
+    def __init__(self, cursor: sqlite3.Cursor, compiled: dict[Executable, str], *, unchanged: bool) -> None:
         self._cursor = cursor
         self._compiled = compiled
+        # No other connection committed since this connection's previous commit: what that commit left (the head row)
+        # is still what the database holds.
+        self.unchanged = unchanged
 
     def _sql(self, statement: Executable) -> str:
         sql = self._compiled.get(statement)
@@ -79,6 +82,9 @@ class SqliteAppender:
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         self._waits = True  # whether the connection's busy timeout is on (BUSY_TIMEOUT) or off (0)
+        # PRAGMA data_version after this connection's last commit (None: no commit yet, or one failed). SQLite
+        # changes it for this connection exactly when another connection, of any process, commits.
+        self._committed_version: int | None = None
         self._inherited: list[sqlite3.Connection] = []  # from a parent process: never used, never closed here
         # Keyed by the store's statement objects (module constants, hashed by identity): each compiled once.
         self._compiled: dict[Executable, str] = {}
@@ -99,13 +105,16 @@ class SqliteAppender:
         except BaseException:
             connection.close()
             raise
-        self._connection, self._pid, self._waits = connection, os.getpid(), True
+        self._connection, self._pid, self._waits, self._committed_version = connection, os.getpid(), True, None
         return connection
 
     @contextlib.contextmanager
     def transaction(self, *, wait: bool = True) -> Iterator[SqliteTransaction]:
         """`BEGIN IMMEDIATE` (the database's write lock, taken up front as every store writer does), the caller's
         statements, `COMMIT`. Any failure, the commit's included, rolls back and propagates: nothing was written.
+
+        The transaction says whether it is `unchanged`: no other connection committed since this one's previous
+        commit (PRAGMA data_version, read under the write lock), so the caller may reuse what it knew then.
 
         `wait=False`: when another connection (another process) holds the write lock, raise DatabaseBusy at once
         instead of waiting up to BUSY_TIMEOUT (for a caller on an event loop, which must not stall). The whole
@@ -121,8 +130,11 @@ class SqliteAppender:
                 cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS if wait else 0}")
                 self._waits = wait
             cursor.execute("BEGIN IMMEDIATE")
-            yield SqliteTransaction(cursor, self._compiled)
+            version = cursor.execute("PRAGMA data_version").fetchone()[0]
+            committed, self._committed_version = self._committed_version, None  # until this commit succeeds
+            yield SqliteTransaction(cursor, self._compiled, unchanged=version == committed)
             cursor.execute("COMMIT")
+            self._committed_version = version  # our own commit leaves our data_version as it was
         except sqlite3.OperationalError as error:
             self._abort(connection)
             if not wait and _is_busy(error):

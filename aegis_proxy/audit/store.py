@@ -303,7 +303,10 @@ INDEXED_COLUMNS = ("time", "type", "tool", "decision", "agent_id", "session_id")
 class WriteTransaction(Protocol):
     """An open write transaction as the append, checkpoint and rotation code uses it: the statements above (built
     once) with their parameters. SQLAlchemy's connection (`_CoreTransaction`) or, for appends on SQLite, the sqlite3
-    driver itself (`sqlite_append.SqliteTransaction`)."""
+    driver itself (`sqlite_append.SqliteTransaction`). `unchanged`: no other connection has committed since this
+    connection's previous commit (only the sqlite3 driver's transactions know; SQLAlchemy's say False)."""
+
+    unchanged: bool
 
     def rows(self, statement: Executable, parameters: Mapping[str, Any]) -> Sequence[Sequence[Any]]: ...
 
@@ -315,6 +318,7 @@ class _CoreTransaction:
     """WriteTransaction over a SQLAlchemy connection inside `engine.begin()`."""
 
     conn: Connection
+    unchanged: bool = False  # never known here: the head row is always read
 
     def rows(self, statement: Executable, parameters: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         return self.conn.execute(statement, parameters).all()
@@ -442,6 +446,10 @@ class AuditStore:
             threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
         self._checkpointed_size = 0  # lower bound of the newest checkpoint's size (others may have written newer)
+        # The head row as this process's last append on the sqlite3 connection committed it: the next append reuses
+        # it instead of reading and decoding the row when no other connection has committed since (the transaction
+        # is `unchanged`). Taken out while an append runs and put back only after its commit, under the write lock.
+        self._head_cache: _Head | None = None
         self._sqlite: SqliteAppender | None = None  # appends on SQLite: the raw driver (sqlite_append.py)
         migrate.upgrade(url)
         try:
@@ -500,7 +508,11 @@ class AuditStore:
             with self.engine.begin() as conn:
                 yield _CoreTransaction(conn)
 
-    def _lock_head(self, tx: WriteTransaction) -> _Head:
+    def _lock_head(self, tx: WriteTransaction, cached: _Head | None = None) -> _Head:
+        """The head row, read under the transaction's lock; or `cached`, the head this connection's previous commit
+        left, when no other connection has committed since."""
+        if cached is not None and tx.unchanged:
+            return cached
         rows = tx.rows(_LOCK_HEAD, {"head_origin": self.origin})
         if len(rows) != 1:  # deleted (or, impossibly, duplicated): the chain cannot continue
             raise LookupError(f"log {self.origin!r} has {len(rows)} head rows, not 1; run `aegis audit verify`")
@@ -556,29 +568,33 @@ class AuditStore:
         waiting for another thread's transaction or another process's database lock."""
         try:
             checkpointed = None
-            with self._locked(wait), self._append_transaction(wait) as tx:
-                head = self._lock_head(tx)
-                signer = self._signer_for(head)
-                seq, prev, frontier = head.seq, head.leaf, head.frontier
-                seqs: list[int] = []
-                records: list[dict[str, Any]] = []
-                arguments: list[dict[str, Any]] = []
-                for index, entry in enumerate(entries):
-                    seq += 1
-                    try:
-                        prev = self._build(signer, entry, seq, prev, records, arguments)
-                    except (AuditError, ValueError) as error:  # ValueError: pydantic's ValidationError
-                        raise _refusal(index, error) from error
-                    frontier.append(prev)
-                    seqs.append(seq)
-                # One executemany per table: per-row INSERTs cost more than signing the records.
-                if records:
-                    tx.run(_INSERT_RECORD, records)
-                if arguments:
-                    tx.run(_INSERT_ARGUMENTS, arguments)
-                if seqs:
-                    self._advance_head(tx, seq, prev, frontier, " ".join(sorted(head.retired)))
-                    checkpointed = self._checkpoint_by_count(tx, frontier, signer)
+            with self._locked(wait):
+                cached, self._head_cache = self._head_cache, None  # any failure below leaves no cached head
+                with self._append_transaction(wait) as tx:
+                    head = self._lock_head(tx, cached)
+                    signer = self._signer_for(head)
+                    seq, prev, frontier = head.seq, head.leaf, head.frontier
+                    seqs: list[int] = []
+                    records: list[dict[str, Any]] = []
+                    arguments: list[dict[str, Any]] = []
+                    for index, entry in enumerate(entries):
+                        seq += 1
+                        try:
+                            prev = self._build(signer, entry, seq, prev, records, arguments)
+                        except (AuditError, ValueError) as error:  # ValueError: pydantic's ValidationError
+                            raise _refusal(index, error) from error
+                        frontier.append(prev)
+                        seqs.append(seq)
+                    # One executemany per table: per-row INSERTs cost more than signing the records.
+                    if records:
+                        tx.run(_INSERT_RECORD, records)
+                    if arguments:
+                        tx.run(_INSERT_ARGUMENTS, arguments)
+                    if seqs:
+                        self._advance_head(tx, seq, prev, frontier, " ".join(sorted(head.retired)))
+                        checkpointed = self._checkpoint_by_count(tx, frontier, signer)
+                if self._sqlite is not None:  # committed: what the head row now holds
+                    self._head_cache = _Head(seq, prev, frontier, head.retired)
             if checkpointed is not None:
                 self._checkpointed_size = max(self._checkpointed_size, checkpointed.size)
             return seqs
