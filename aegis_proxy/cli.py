@@ -368,6 +368,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         return EXIT_SOME_ERRORS
     if report.records == 0:
         print("OK: the log is empty (no records to verify or anchor)")
+        _print_staged(report.staged)
         return EXIT_OK
     print(f"OK: {_plural(report.records, 'record')} verified (seq 0..{report.records - 1})")
     if report.unanchored is not None:  # never silently OK: nothing outside this database vouches for these yet
@@ -378,7 +379,18 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"  export the checkpoint at size {report.latest_checkpoint} and pass it with --trusted next time")
     else:
         print(f"anchored: every record is covered by the trusted checkpoint at size {report.anchored}")
+    _print_staged(report.staged)
     return EXIT_OK
+
+
+def _print_staged(staged: tuple[int, str | None]) -> None:
+    """Durable decisions that are not records yet: said apart, never folded into the records verified."""
+    count, oldest = staged
+    if count:
+        print(
+            f"staged: {_plural(count, 'decision')} durable but not yet chained (the oldest at {oldest}); a running "
+            "proxy chains them within milliseconds, a stopped one when it next starts (audit/FORMAT.md section 9)"
+        )
 
 
 def _cmd_audit_list(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
     Firewall.check(call, context) -> Decision            (the live policy; hot reloads audited as `policy_reload`)
     ask + an approved approval of this exact call?        -> consume it (once) and allow, audited as `approval`
-    audit record, arguments redacted                      -> DURABLE (group commit) before anything is returned
+    audit record, arguments redacted                      -> DURABLE (group commit) before anything is returned;
+                                                             on the event loop, a staged decision that the writer
+                                                             chains right after (audit/FORMAT.md section 9)
     ask                                                   -> a pending approval in the database, its id in the message
 
 `decide` never raises: any failure (the firewall, the argument hash, the approvals database, the audit log) returns
@@ -34,7 +36,7 @@ from aegis_proxy import provenance
 from aegis_proxy.approvals import Approval, ApprovalStore, args_hash
 from aegis_proxy.audit.record import FindingSummary, score_ppm
 from aegis_proxy.audit.store import AppendEntry, AuditStore
-from aegis_proxy.audit.writer import AuditWriter
+from aegis_proxy.audit.writer import AuditWriter, Durable
 from aegis_proxy.decide import Prefetcher, Scorer
 from aegis_proxy.extract import ROOT
 from aegis_proxy.extract import _member_path as member_path  # one path syntax: findings name our nodes
@@ -90,11 +92,14 @@ class GateOutcome:
     effect: GateEffect
     decision: Decision  # the firewall's; a synthesized deny when the firewall never produced one
     approval_id: str | None = None  # the pending approval (ask), or the one that allowed the call
-    audit_seq: int | None = None  # the durable record of this outcome; None only when even that could not be written
+    # The durable record of this outcome; None when it is staged (below) or when even that could not be written.
+    audit_seq: int | None = None
     message: str = ""  # for the agent: why it was blocked, or which approval it waits for
     cause: GateCause = "policy"
     request_id: str | None = None
     ask_seq: int | None = None  # the ask record that this outcome resolves (or is)
+    # A decision made durable as a staged row (AuditWriter.commit_async), chained into its record right after.
+    audit_staged: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,10 +354,10 @@ class Gate:
         if judged.decision.effect is Effect.ASK:
             return await asyncio.to_thread(self._conclude, judged)  # the approvals database: off the loop
         try:
-            seq = await self._write_async(self._decision_entry(judged), alone=alone)
+            durable = await self._write_async(self._decision_entry(judged), alone=alone)
         except Exception as error:  # nothing to write the failure to: _failed writes nothing for "audit"
             return self._failed(call, context, request_id, started, "audit", error)
-        return self._ruled(judged, seq)
+        return self._ruled(judged, durable.seq, staged=durable.staged)
 
     def _decide(self, call: ToolCall, context: CallContext, request_id: str | None, started: float) -> GateOutcome:
         try:
@@ -441,13 +446,15 @@ class Gate:
         )
 
     @staticmethod
-    def _ruled(judged: _Judged, seq: int) -> GateOutcome:
-        """The outcome of an allow or a deny whose record `seq` is durable."""
+    def _ruled(judged: _Judged, seq: int | None, *, staged: int | None = None) -> GateOutcome:
+        """The outcome of an allow or a deny whose record `seq` (or staged decision `staged`) is durable."""
         decision = judged.decision
         if decision.effect is Effect.ALLOW:
-            return GateOutcome("allow", decision, audit_seq=seq, request_id=judged.request_id)
+            return GateOutcome("allow", decision, audit_seq=seq, request_id=judged.request_id, audit_staged=staged)
         message = decision.message or f"aegis-proxy blocked this {judged.call.tool} call"
-        return GateOutcome("deny", decision, audit_seq=seq, message=message, request_id=judged.request_id)
+        return GateOutcome(
+            "deny", decision, audit_seq=seq, message=message, request_id=judged.request_id, audit_staged=staged
+        )
 
     def _allow_approved(
         self,
@@ -621,17 +628,18 @@ class Gate:
         self._notify("appended", time.perf_counter() - started, None)
         return seq
 
-    async def _write_async(self, entry: AppendEntry, *, alone: bool = False) -> int:
-        """`_write` for the event loop: the same durable record, awaited without blocking the loop (when `alone`, the
-        loop may wait for it: AuditWriter.append_async)."""
+    async def _write_async(self, entry: AppendEntry, *, alone: bool = False) -> Durable:
+        """`_write` for the event loop: the entry made durable without blocking the loop, as a record or as a staged
+        decision that the writer chains right after (when `alone`, the loop may wait for it: AuditWriter.commit_async).
+        """
         started = time.perf_counter()
         try:
-            seq = await self.writer.append_async(entry, self.audit_timeout, alone=alone)
+            durable = await self.writer.commit_async(entry, self.audit_timeout, alone=alone)
         except BaseException as error:
             self._notify("appended", time.perf_counter() - started, error)
             raise
         self._notify("appended", time.perf_counter() - started, None)
-        return seq
+        return durable
 
     def _notify(self, event: str, *args: Any) -> None:
         """Tell the observer (metrics); an observer that fails is logged and otherwise ignored."""

@@ -24,8 +24,8 @@ from aegis_proxy.audit.store import AppendEntry, AuditStore, audit_head, audit_r
 from aegis_proxy.audit.verify import verify_chain
 from tests.pg import pg_schema_url
 
-AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments", "audit_checkpoints"}
-HEAD = "0002"
+AUDIT_TABLES = {"audit_records", "audit_head", "audit_arguments", "audit_checkpoints", "audit_staged"}
+HEAD = "0003"
 AUDIT_INDEXES = {"ix_audit_records_time", "ix_audit_records_tool", "ix_audit_records_agent", "ix_audit_records_session"}
 
 
@@ -237,7 +237,7 @@ def test_upgrade_from_0001_computes_the_frontier_of_existing_records(db_url: str
     expected = head_frontier(db_url, "test/old")
     alembic(db_url, command.downgrade, "0001")
     assert migrate.current_revision(db_url) == "0001"
-    assert inspect_db(db_url)[0] == AUDIT_TABLES - {"audit_checkpoints"} | {migrate.VERSION_TABLE}
+    assert inspect_db(db_url)[0] == AUDIT_TABLES - {"audit_checkpoints", "audit_staged"} | {migrate.VERSION_TABLE}
     migrate.upgrade(db_url)
     frontier = MerkleFrontier()
     frontier.extend(leaf_hashes(db_url, "test/old"))
@@ -277,7 +277,18 @@ def test_upgrade_refuses_a_log_with_a_gap_and_changes_nothing(db_url: str) -> No
     with pytest.raises(AuditError, match="expected seq 2, found 3"):
         migrate.upgrade(db_url)
     assert migrate.current_revision(db_url) == "0001"  # one transaction: the failed upgrade left nothing behind
-    assert inspect_db(db_url)[0] == AUDIT_TABLES - {"audit_checkpoints"} | {migrate.VERSION_TABLE}
+    assert inspect_db(db_url)[0] == AUDIT_TABLES - {"audit_checkpoints", "audit_staged"} | {migrate.VERSION_TABLE}
+
+
+def test_0003_adds_the_staged_decisions_table_and_removes_it_again(db_url: str) -> None:
+    write_log(db_url, "test/staged", 2)
+    alembic(db_url, command.downgrade, "0002")
+    assert "audit_staged" not in inspect_db(db_url)[0]
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == HEAD
+    assert "audit_staged" in inspect_db(db_url)[0]
+    assert schema_diffs(db_url) == []
+    assert len(leaf_hashes(db_url, "test/staged")) == 2
 
 
 def test_side_tables_are_created_once_when_replicas_start_together() -> None:

@@ -44,6 +44,13 @@ class CountingStore(AuditStore):
         self.threads.append(threading.current_thread().name)
         return seqs
 
+    def append_staged(self, entries: Sequence[AppendEntry] = ()) -> tuple[int, list[int]]:
+        chained, seqs = super().append_staged(entries)
+        if entries:  # the writer's chaining of staged decisions alone is not a batch
+            self.batches.append(len(entries))
+            self.threads.append(threading.current_thread().name)
+        return chained, seqs
+
     def checkpoint_if_due(self) -> None:
         self.ticks += 1
         if self.tick_error is not None:

@@ -175,6 +175,18 @@ def test_verify_passes_and_prints_numbered_steps(log: Log, capsys: pytest.Captur
     assert "unanchored: seq 0..4 (5 records; anchored by no --trusted checkpoint)" in out  # never a silent OK
 
 
+def test_verify_reports_staged_decisions_apart_from_the_records(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    store = AuditStore(log.url, origin=ORIGIN, signer_key=load_key(log.key_path), replica="r1")
+    store.stage(AppendEntry(type="decision", decision="allow", tool="t", arguments={}))
+    store.stage(AppendEntry(type="decision", decision="deny", tool="t", arguments={}))
+    oldest = store.staged()[1]
+    store.close()
+    code, out = verify(log, capsys)
+    assert code == 0, out
+    assert "5 records verified (seq 0..4)" in out  # not counted as records: they are not chained, not signed
+    assert f"staged: 2 decisions durable but not yet chained (the oldest at {oldest})" in out
+
+
 def test_verify_names_the_seq_of_an_edited_body_byte(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     body = bytearray(log.body(2))
     body[body.index(b'"ask"') + 1] = ord("b")  # "ask" -> "bsk"

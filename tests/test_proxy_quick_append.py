@@ -1,6 +1,7 @@
-"""With `audit.sync = "normal"` on SQLite the proxy appends a decision's record on its event loop when the audit
-writer is idle (AuditWriter.append_now). Through the real proxy and the official SDK: the same verified records, and
-a database locked by another process neither stalls the loop nor lets a call through before its record is durable."""
+"""With `audit.sync = "normal"` on SQLite the proxy makes a decision durable on its event loop when the audit writer is
+idle: a staged decision (AuditWriter.commit_async), which the writer thread chains into its record right after. Through
+the real proxy and the official SDK: the same verified records, and a database locked by another process neither
+stalls the loop nor lets a call through before its decision is durable."""
 
 from __future__ import annotations
 
@@ -33,16 +34,31 @@ USER = [{"role": "user", "content": "Tidy up my workspace"}]
 class Proxied:
     def __init__(self, config: AegisConfig, llm: ScriptedLLM, proxy: BackgroundProxy, gate: Gate) -> None:
         self.config, self.llm, self.proxy, self.gate = config, llm, proxy, gate
-        self.append_threads: list[str] = []  # which thread ran each store append
+        # Which thread made each decision durable: staged it, or appended it (alone or with staged ones before it).
+        self.append_threads: list[str] = []
+        self.chain_threads: list[str] = []  # which thread chained staged decisions
         store: AuditStore = gate.writer.store
-        append = store.append
+        stage, append, append_staged = store.stage, store.append, store.append_staged
 
-        def spied(entries: Sequence[AppendEntry], *, wait: bool = True) -> list[int]:
-            seqs = append(entries, wait=wait)
+        def spied_stage(entry: AppendEntry) -> int:
+            staged = stage(entry)
             self.append_threads.append(threading.current_thread().name)
+            return staged
+
+        def spied_chain(entries: Sequence[AppendEntry] = ()) -> tuple[int, list[int]]:
+            chained, seqs = append_staged(entries)
+            self.append_threads.extend([threading.current_thread().name] * len(seqs))
+            self.chain_threads.extend([threading.current_thread().name] * chained)
+            return chained, seqs
+
+        def spied_append(entries: Sequence[AppendEntry], *, wait: bool = True) -> list[int]:
+            seqs = append(entries, wait=wait)
+            self.append_threads.extend([threading.current_thread().name] * len(seqs))
             return seqs
 
-        store.append = spied  # type: ignore[method-assign]
+        store.stage = spied_stage  # type: ignore[method-assign]
+        store.append = spied_append  # type: ignore[method-assign]
+        store.append_staged = spied_chain  # type: ignore[method-assign]
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.proxy.url}/openai/v1", api_key="sk-test", max_retries=0, timeout=30)
@@ -83,6 +99,7 @@ def test_records_are_appended_on_the_loop_and_verify(proxied: Proxied) -> None:
     assert proxied.decisions() == [("run_shell", "allow"), ("run_shell", "deny")]
     loop_thread = proxied.append_threads[-1]
     assert proxied.append_threads[-2:] == [loop_thread, loop_thread] and loop_thread != "aegis-audit-writer"
+    assert proxied.chain_threads == ["aegis-audit-writer"] * 2
 
 
 def test_a_locked_database_does_not_stall_the_loop_nor_pass_the_call_early(proxied: Proxied) -> None:

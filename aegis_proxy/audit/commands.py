@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     create_engine,
     event,
+    func,
     inspect,
     select,
 )
@@ -49,6 +50,7 @@ from aegis_proxy.audit.store import (
     audit_checkpoints,
     audit_head,
     audit_records,
+    audit_staged,
     column_bytes,
     stored_record,
     verify_query,
@@ -154,6 +156,8 @@ class VerifyReport:
     statuses: Mapping[int, str] = dataclasses.field(default_factory=dict)  # step -> what to print instead of "OK"
     trusted_sizes: tuple[int, ...] = ()  # trusted checkpoints the log extends
     latest_checkpoint: int | None = None  # size of the newest stored (or exported-with) checkpoint
+    # Decisions durable but not chained yet (audit/FORMAT.md section 9): how many, and the oldest one's time.
+    staged: tuple[int, str | None] = (0, None)
 
     @property
     def ok(self) -> bool:
@@ -221,6 +225,7 @@ def verify_log(url: str, origin: str, trusted_keys_path: str, trusted_checkpoint
                 stored_checkpoints = _stored_checkpoints(conn, origin, limit=None)
                 _check_stored_checkpoints(stored_checkpoints, origin, leaves, trusted)
                 trusted_sizes = check_trusted_checkpoints(trusted_checkpoints, origin, leaves, trusted)
+                staged = _staged(conn, origin)
             except VerificationError as error:
                 verified, failure = _failure(error, counted)
                 return VerifyReport(origin, verified, failure)
@@ -238,7 +243,15 @@ def verify_log(url: str, origin: str, trusted_keys_path: str, trusted_checkpoint
         if not trusted_checkpoints
         else f"OK (trusted sizes {', '.join(map(str, trusted_sizes))})",
     }
-    return VerifyReport(origin, counted, None, VERIFY_STEPS, statuses, trusted_sizes, latest)
+    return VerifyReport(origin, counted, None, VERIFY_STEPS, statuses, trusted_sizes, latest, staged)
+
+
+def _staged(conn: Connection, origin: str) -> tuple[int, str | None]:
+    if audit_staged.name not in inspect(conn).get_table_names():  # a log not yet upgraded to revision 0003
+        return 0, None
+    query = select(func.count(), func.min(audit_staged.c.time)).where(audit_staged.c.origin == origin)
+    count, oldest = conn.execute(query).one()
+    return int(count), oldest
 
 
 def verify_export_file(

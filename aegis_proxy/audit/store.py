@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import re
 import secrets
 import threading
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -40,6 +42,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -67,6 +70,7 @@ from aegis_proxy.audit.record import (
     schema_problem,
 )
 from aegis_proxy.audit.sqlite_append import DatabaseBusy, SqliteAppender, database_path
+from aegis_proxy.strict_json import loads as strict_loads
 
 _EMPTY_HEAD_SEQ = -1  # the head row of a log with no records yet
 ZERO_LEAF = bytes(32)
@@ -133,6 +137,20 @@ audit_checkpoints = Table(
     Column("time", String(27), nullable=False),  # RFC 3339 UTC, when it was written
 )
 
+# Decisions made durable before they are chained (audit/FORMAT.md section 9): `stage` writes a row, the next append
+# (the writer thread's) turns the rows into records and deletes them in its transaction. Empty while the writer keeps
+# up.
+audit_staged = Table(
+    "audit_staged",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("origin", Text, nullable=False),
+    Column("time", String(27), nullable=False),  # the decision's time: the record's `time`
+    Column("nonce", LargeBinary, nullable=False),  # the record's argument nonce
+    Column("arguments", LargeBinary),  # RFC 8785 bytes, as audit_arguments will hold them; NULL: none
+    Column("entry", LargeBinary, nullable=False),  # the rest of the AppendEntry, as JSON (staged_entry_json)
+)
+
 
 class AppendWouldWait(Exception):
     """An append asked not to wait (`wait=False`) found the log busy: nothing was written; append again waiting."""
@@ -153,6 +171,16 @@ def _refusal(index: int, error: Exception) -> EntryRefused:
         return EntryRefused(index, f"audit entry refused: {schema_problem(error, 'entry')}"[:300])
     reason = error.message if isinstance(error, AuditError) else str(error)
     return EntryRefused(index, f"audit entry refused: {reason}"[:300])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Staged:
+    """What a staged row fixes of its record: the decision's time, the argument nonce and the arguments' bytes."""
+
+    id: int
+    time: str
+    nonce: bytes
+    arguments: bytes | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +228,35 @@ class AppendEntry:
             latency_us=self.latency_us,
             key_id=key_id,
         )
+
+
+_ENTRY_FIELDS = (
+    "type", "decision", "tool", "request_id", "session_id", "agent_id", "rules", "policy_digest", "scores",
+    "approver", "ref_seq", "latency_us",
+)  # fmt: skip
+
+
+def staged_entry_json(entry: AppendEntry) -> bytes:
+    """An entry without its arguments (staged apart, as canonical bytes), as the JSON of a staged row. Strict UTF-8:
+    a lone surrogate in any field, which no record body can hold, raises UnicodeEncodeError here."""
+    fields: dict[str, Any] = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
+    fields["scores"] = dict(entry.scores)
+    fields["findings"] = [finding.model_dump(mode="json") for finding in entry.findings]
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def staged_entry(entry_json: bytes, arguments: bytes | None) -> AppendEntry:
+    """The entry of a staged row (ValueError, AuditError or pydantic's ValidationError if it is not one)."""
+    fields = strict_loads(bytes(entry_json).decode("utf-8"))
+    if not isinstance(fields, dict) or set(fields) != {*_ENTRY_FIELDS, "findings"}:
+        raise ValueError("the staged entry does not have the fields of an entry")
+    if not isinstance(fields["rules"], list) or not isinstance(fields["findings"], list):
+        raise ValueError("the staged entry's rules and findings are not lists")
+    fields["rules"] = tuple(fields["rules"])
+    fields["findings"] = tuple(FindingSummary.model_validate(finding) for finding in fields["findings"])
+    if arguments is not None:
+        fields["arguments"] = strict_loads(bytes(arguments).decode("utf-8"))
+    return AppendEntry(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +354,19 @@ _NEWEST_CHECKPOINT = select(func.max(audit_checkpoints.c.size)).where(
     audit_checkpoints.c.origin == bindparam("head_origin")
 )
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
+_STAGE = (
+    insert(audit_staged)
+    .values({name: bindparam(name) for name in ("origin", "time", "nonce", "arguments", "entry")})
+    .returning(audit_staged.c.id)
+)
+_STAGED = (
+    select(audit_staged.c.id, audit_staged.c.time, audit_staged.c.nonce, audit_staged.c.arguments, audit_staged.c.entry)
+    .where(audit_staged.c.origin == bindparam("staged_origin"))
+    .order_by(audit_staged.c.id)
+)
+_UNSTAGE = delete(audit_staged).where(
+    audit_staged.c.origin == bindparam("staged_origin"), audit_staged.c.id <= bindparam("last_id")
+)
 INDEXED_COLUMNS = ("time", "type", "tool", "decision", "agent_id", "session_id")
 
 
@@ -566,6 +636,16 @@ class AuditStore:
 
         `wait=False` (only when `appends_without_waiting`): raise AppendWouldWait, having written nothing, instead of
         waiting for another thread's transaction or another process's database lock."""
+        return self._append(entries, wait=wait, chain_staged=False)[1]
+
+    def append_staged(self, entries: Sequence[AppendEntry] = ()) -> tuple[int, list[int]]:
+        """`append`, with the staged decisions of this origin first: each becomes its record (with the time and nonce
+        it was staged with) and its row is deleted, in the same transaction as the batch. Returns how many were
+        chained and the batch's seqs. A staged row that cannot become a record fails the whole transaction (an
+        AuditError naming it, not EntryRefused): nothing more is appended until an operator looks at it."""
+        return self._append(entries, wait=True, chain_staged=True)
+
+    def _append(self, entries: Sequence[AppendEntry], *, wait: bool, chain_staged: bool) -> tuple[int, list[int]]:
         try:
             checkpointed = None
             with self._locked(wait):
@@ -577,6 +657,17 @@ class AuditStore:
                     seqs: list[int] = []
                     records: list[dict[str, Any]] = []
                     arguments: list[dict[str, Any]] = []
+                    chained = 0
+                    if chain_staged:
+                        last_id = None
+                        for row in tx.rows(_STAGED, {"staged_origin": self.origin}):
+                            staged, entry = self._staged_row(row)
+                            seq += 1
+                            prev = self._build(signer, entry, seq, prev, records, arguments, staged)
+                            frontier.append(prev)
+                            last_id, chained = staged.id, chained + 1
+                        if last_id is not None:
+                            tx.run(_UNSTAGE, {"staged_origin": self.origin, "last_id": last_id})
                     for index, entry in enumerate(entries):
                         seq += 1
                         try:
@@ -590,14 +681,14 @@ class AuditStore:
                         tx.run(_INSERT_RECORD, records)
                     if arguments:
                         tx.run(_INSERT_ARGUMENTS, arguments)
-                    if seqs:
+                    if records:
                         self._advance_head(tx, seq, prev, frontier, " ".join(sorted(head.retired)))
                         checkpointed = self._checkpoint_by_count(tx, frontier, signer)
                 if self._sqlite is not None:  # committed: what the head row now holds
                     self._head_cache = _Head(seq, prev, frontier, head.retired)
             if checkpointed is not None:
                 self._checkpointed_size = max(self._checkpointed_size, checkpointed.size)
-            return seqs
+            return chained, seqs
         except (AuditError, AppendWouldWait):
             raise
         except DatabaseBusy as busy:
@@ -606,6 +697,81 @@ class AuditStore:
             raise AuditError(
                 f"audit append failed: {type(error).__name__}: {str(error)[:300]}", hint="the call is denied"
             ) from error
+
+    def _staged_row(self, row: Sequence[Any]) -> tuple[_Staged, AppendEntry]:
+        staged_id, time, nonce, arguments, entry_json = row
+        try:
+            nonce, arguments = column_bytes(nonce), None if arguments is None else column_bytes(arguments)
+            if len(nonce) < 16:
+                raise ValueError("its nonce is shorter than 16 bytes")
+            entry = staged_entry(column_bytes(entry_json), arguments)
+            return _Staged(int(staged_id), str(time), nonce, arguments), entry
+        except Exception as error:
+            raise AuditError(
+                f"staged decision {staged_id} of {self.origin!r} cannot become a record: {type(error).__name__}: "
+                f"{str(error)[:200]}",
+                hint="nothing is appended until it is resolved: see audit/FORMAT.md section 9 (a row changed outside "
+                "aegis, or a bug)",
+            ) from error
+
+    def stage(self, entry: AppendEntry) -> int:
+        """Make a decision durable without chaining it: one row of audit_staged (its entry, time, nonce and canonical
+        arguments) in one short transaction, synced as `sync` says. The next `append_staged` turns it into its record.
+        Returns the row's id.
+
+        Only where appends need not wait (`appends_without_waiting`): a lock held by another thread or process raises
+        AppendWouldWait, having written nothing. An entry that could never become a record raises EntryRefused
+        (index 0) before anything is written: the checks `append` makes are made here, on a body built with this
+        log's fields, so that chaining it later cannot fail for it."""
+        if self._sqlite is None:
+            raise AppendWouldWait("this store has no appends that avoid waiting (PostgreSQL, SQLite URLs with options)")
+        if entry.type != "decision":  # records that point at others (approval, timeout) are appended, not staged
+            raise AuditError(f"only decisions are staged, not {entry.type!r} records", hint="append it instead")
+        nonce = secrets.token_bytes(32)
+        time = format_time(dt.datetime.now(dt.UTC))
+        try:
+            stored_arguments = commit = None
+            if entry.arguments is not None:
+                stored_arguments = canonical_arguments(entry.arguments)
+                commit = hashlib.sha256(nonce + stored_arguments).hexdigest()
+            # The body of any seq: seq, prev and key id are the only fields chaining sets, and the schema takes any
+            # value of theirs (decision records name no earlier seq).
+            entry.body(
+                origin=self.origin,
+                seq=1,
+                prev=ZERO_HASH,
+                time=time,
+                replica=self.replica,
+                args_commit=commit,
+                key_id=self._signer.key_id,
+            )
+            entry_json = staged_entry_json(entry)
+        except (AuditError, ValueError) as error:  # ValueError: pydantic's, and UnicodeEncodeError
+            raise _refusal(0, error) from error
+        row = {"origin": self.origin, "time": time, "nonce": nonce, "arguments": stored_arguments, "entry": entry_json}
+        try:
+            with self._locked(False):
+                cached, self._head_cache = self._head_cache, None
+                with self._sqlite.transaction(wait=False) as tx:
+                    staged_id = int(tx.rows(_STAGE, row)[0][0])
+                if tx.unchanged:  # no other connection committed: the cached head is still the head
+                    self._head_cache = cached
+            return staged_id
+        except AppendWouldWait:
+            raise
+        except DatabaseBusy as busy:
+            raise AppendWouldWait(str(busy)) from busy
+        except Exception as error:
+            raise AuditError(
+                f"audit staging failed: {type(error).__name__}: {str(error)[:300]}", hint="the call is denied"
+            ) from error
+
+    def staged(self) -> tuple[int, str | None]:
+        """How many decisions of this origin are staged and not yet chained, and the oldest one's time."""
+        query = select(func.count(), func.min(audit_staged.c.time)).where(audit_staged.c.origin == self.origin)
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            count, oldest = conn.execute(query).one()
+        return int(count), oldest
 
     @contextlib.contextmanager
     def _locked(self, wait: bool) -> Iterator[None]:
@@ -631,19 +797,22 @@ class AuditStore:
         prev: bytes,
         records: list[dict[str, Any]],
         arguments: list[dict[str, Any]],
+        staged: _Staged | None = None,
     ) -> bytes:
-        """Sign the record after `prev`, add its rows to `records` / `arguments`; return its leaf hash."""
-        nonce = secrets.token_bytes(32)
-        stored_arguments = commit = None
-        if entry.arguments is not None:
-            # record.args_commitment(nonce, arguments), computed from the canonical bytes we store anyway
-            stored_arguments = canonical_arguments(entry.arguments)
-            commit = hashlib.sha256(nonce + stored_arguments).hexdigest()
+        """Sign the record after `prev`, add its rows to `records` / `arguments`; return its leaf hash. A `staged`
+        decision keeps the time, nonce and argument bytes it was staged with."""
+        if staged is not None:
+            nonce, stored_arguments, time = staged.nonce, staged.arguments, staged.time
+        else:
+            nonce, time = secrets.token_bytes(32), format_time(dt.datetime.now(dt.UTC))
+            stored_arguments = None if entry.arguments is None else canonical_arguments(entry.arguments)
+        # record.args_commitment(nonce, arguments), computed from the canonical bytes we store anyway
+        commit = None if stored_arguments is None else hashlib.sha256(nonce + stored_arguments).hexdigest()
         body = entry.body(
             origin=self.origin,
             seq=seq,
             prev=ZERO_HASH if seq == 0 else prev.hex(),
-            time=format_time(dt.datetime.now(dt.UTC)),
+            time=time,
             replica=self.replica,
             args_commit=commit,
             key_id=signer.key_id,

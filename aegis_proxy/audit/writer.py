@@ -7,6 +7,8 @@ entry at once (`linger` 0: no batch window). A caller applies its effect only af
 durable by then. One exception to the hand-off: on an event loop, with an idle writer on SQLite, `append_async` appends
 on the loop itself (`append_now`), which costs less than the round trip: always when the commit makes no fsync (`sync =
 "normal"`), and with `full` when the caller is alone on the loop (no other flow waits while it waits for the fsync).
+A decision that needs no seq at once (`commit_async`, the Gate's) is staged there instead: one short durable row, which
+the thread chains into its record right after, in the transaction of its next append (audit/FORMAT.md section 9).
 
 Fail closed, fast: a full queue or a closed writer raises AuditError at `submit` (the call is denied at once). An entry
 that can never become a record (the schema refuses a field, its arguments have no canonical form) fails alone: the store
@@ -20,6 +22,7 @@ store cannot write for any other reason fails every future in it. The thread als
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import queue
@@ -37,6 +40,7 @@ from aegis_proxy.audit.store import AppendEntry, AppendWouldWait, AuditStore, En
 log = logging.getLogger("aegis_proxy.audit")
 
 _STOP = object()  # queue sentinel: flush what came before it, then end
+_CHAIN = object()  # queue sentinel: decisions were staged; chain them
 WAL_CHECKPOINT_RECORDS = 64  # records between background WAL checkpoints (SQLite's own comes at 1,000 log pages)
 
 
@@ -129,6 +133,15 @@ class WalCheckpointer:
                 log.warning("audit writer: background WAL checkpoint failed", exc_info=True)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Durable:
+    """Where an entry is durable: its record's `seq`, or the id of its `staged` row (the writer thread chains it into
+    a record milliseconds later, with the time it was staged with; its seq is assigned then)."""
+
+    seq: int | None = None
+    staged: int | None = None
+
+
 class AuditWriter:
     """One background thread appending batches to `store`. Thread-safe; share one per process."""
 
@@ -167,8 +180,26 @@ class AuditWriter:
         self._committing = threading.Lock()
         self.quick = bool(getattr(store, "quick_appends", False))  # see append_async
         self.direct = bool(getattr(store, "appends_without_waiting", False))  # append_now is possible at all
+        # Staged decisions wait to be chained (set after a stage commits, cleared by the thread before it reads them).
+        self._staged_waiting = False
+        # The last chaining failed (a staged row that cannot become a record, the database): nothing is staged until
+        # a chaining succeeds, so that calls take the thread's path, which tries again and fails closed meanwhile.
+        self.chain_failure: AuditError | None = None
+        if hasattr(store, "append_staged"):
+            self._chain_left_over()
         self._thread = threading.Thread(target=self._run, name="aegis-audit-writer", daemon=True)
         self._thread.start()
+
+    def _chain_left_over(self) -> None:
+        """Chain what a process that stopped before its writer chained left staged, before any new record."""
+        try:
+            chained, _ = self.store.append_staged()
+        except AuditError as error:
+            self._staged_waiting, self.chain_failure = True, error
+            log.error("audit writer: staged decisions left by an earlier run cannot be chained: %s", error.message)
+            return
+        if chained:
+            log.warning("audit writer: chained %d decisions an earlier run had staged", chained)
 
     @property
     def closed(self) -> bool:
@@ -218,6 +249,22 @@ class AuditWriter:
             seq = self.append_now(entry)
             if seq is not None:
                 return seq
+        return await self._through_thread(entry, timeout)
+
+    async def commit_async(self, entry: AppendEntry, timeout: float = 5.0, *, alone: bool = False) -> Durable:
+        """`append_async` for a decision that does not need its seq at once: where `append_async` would append on the
+        loop, the decision is staged there instead (`stage_now`: one short row, durable as `audit.sync` says), and
+        the writer thread chains it into its signed record right after (requested once the loop has finished the
+        current step, so that the answer goes out first). Measured on this path, a staged row costs the loop a quarter
+        of a chained append: no head row, signature, Merkle step or index updates (docs/proxy.md, Latency)."""
+        if self.quick or (alone and self.direct):
+            staged = self.stage_now(entry)
+            if staged is not None:
+                asyncio.get_running_loop().call_soon(self.request_chain)
+                return Durable(staged=staged)
+        return Durable(seq=await self._through_thread(entry, timeout))
+
+    async def _through_thread(self, entry: AppendEntry, timeout: float) -> int:
         future = self.submit(entry)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[int] = loop.create_future()
@@ -262,8 +309,35 @@ class AuditWriter:
         finally:
             self._committing.release()
 
+    def stage_now(self, entry: AppendEntry) -> int | None:
+        """Stage a decision on the calling thread (`store.stage`) under the conditions of `append_now`, and while
+        chaining works; its staged id once durable, or None, with nothing written, when it cannot be staged here.
+        Raises AuditError as `append_now` does (EntryRefused for an entry that could never become a record). The
+        caller asks the thread to chain it (`request_chain`)."""
+        if self._closed:
+            raise _closed()
+        if not self.direct or self.chain_failure is not None or not self._committing.acquire(blocking=False):
+            return None
+        try:
+            if self._queue.qsize() or not self._thread.is_alive():
+                return None
+            try:
+                staged = self.store.stage(entry)
+            except AppendWouldWait:
+                return None
+            self._staged_waiting = True
+            return staged
+        finally:
+            self._committing.release()
+
+    def request_chain(self) -> None:
+        """Wake the thread to chain staged decisions (a no-op once closed: closing chains what is staged)."""
+        with self._close_lock:
+            if not self._closed:
+                self._queue.put(_CHAIN)
+
     def close(self, timeout: float | None = 10.0) -> None:
-        """Flush what is queued, then stop the thread. Idempotent."""
+        """Flush what is queued and chain what is staged, then stop the thread. Idempotent."""
         with self._close_lock:
             if not self._closed:
                 self._closed = True
@@ -288,6 +362,9 @@ class AuditWriter:
             try:
                 first = self._queue.get(timeout=self._until_checkpoint())
             except queue.Empty:
+                if self._staged_waiting:  # a chaining that failed is tried again on each tick
+                    with self._committing:
+                        self._commit([])
                 self._checkpoint()
                 continue
             batch: list[tuple[AppendEntry, Future[int]]] = []
@@ -300,7 +377,7 @@ class AuditWriter:
                 except queue.Empty:
                     break
                 stopping = self._take(item, batch)
-            if batch:
+            if batch or self._staged_waiting:
                 with self._committing:
                     self._commit(batch)
             self._checkpoint()
@@ -309,18 +386,24 @@ class AuditWriter:
     def _take(item: Any, batch: list[tuple[AppendEntry, Future[int]]]) -> bool:
         if item is _STOP:
             return True
-        batch.append(item)
+        if item is not _CHAIN:  # a wake-up only: _commit chains whenever decisions are staged
+            batch.append(item)
         return False
 
     def _commit(self, batch: list[tuple[AppendEntry, Future[int]]]) -> None:
+        """Append the batch; staged decisions first, in the same transaction, when any are waiting."""
         live = [(entry, future) for entry, future in batch if future.set_running_or_notify_cancel()]
-        while live:
+        chain = self._staged_waiting
+        self._staged_waiting = False  # cleared before the rows are read: a decision staged meanwhile sets it again
+        while live or chain:
             try:
-                seqs = self.store.append([entry for entry, _ in live])
+                entries = [entry for entry, _ in live]
+                chained, seqs = self.store.append_staged(entries) if chain else (0, self.store.append(entries))
                 if len(seqs) != len(live):
                     raise AuditError(f"store returned {len(seqs)} seqs for {len(live)} records", hint="a store bug")
             except EntryRefused as refused:
                 if not 0 <= refused.index < len(live):
+                    self._staged_waiting = self._staged_waiting or chain
                     self._fail(live, refused)
                     return
                 # That entry can never be written (nothing of the batch was): it alone fails, the rest go again.
@@ -328,12 +411,19 @@ class AuditWriter:
                 future.set_exception(AuditError(refused.message, hint=refused.hint))
                 continue
             except Exception as error:  # AuditError, or a store bug: either way nothing of the batch is known durable
-                self._fail(live, error)
+                if chain:
+                    self._staged_waiting = True  # still staged: tried again on the next wake-up or tick
+                    self.chain_failure = error if isinstance(error, AuditError) else AuditError(repr(error))
+                    log.error("audit writer: staged decisions not chained: %s", self.chain_failure.message)
+                if live:
+                    self._fail(live, error)
                 return
+            if chain:
+                self.chain_failure = None
             for (_, future), seq in zip(live, seqs, strict=True):
                 future.set_result(seq)
             if self.wal is not None:
-                self.wal.committed(len(live))
+                self.wal.committed(chained + len(live))
             return
 
     @staticmethod

@@ -1,0 +1,315 @@
+"""Staged decisions (audit/FORMAT.md section 9): a decision made durable as one short row on the event loop, then
+chained by the writer thread into the record it would have been, exactly once, even across a crash; and a staged row
+that cannot become a record stops the log instead of being skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis_proxy.audit.errors import AuditError
+from aegis_proxy.audit.record import FindingSummary
+from aegis_proxy.audit.store import (
+    AppendEntry,
+    AppendWouldWait,
+    AuditStore,
+    EntryRefused,
+    audit_staged,
+    staged_entry_json,
+)
+from aegis_proxy.audit.verify import verify_chain
+from aegis_proxy.audit.writer import AuditWriter, Durable
+from aegis_proxy.config import load_config
+from aegis_proxy.gate import Gate
+from aegis_proxy.models import CallContext, ToolCall
+from tests.pg import pg_schema_url
+from tests.test_audit_writer import KEY, TRUSTED, entry
+
+
+def open_store(path: Path, sync: str = "normal", origin: str = "test/staged") -> AuditStore:
+    return AuditStore(f"sqlite:///{path}", origin=origin, signer_key=KEY, replica="r1", sync=sync)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[AuditStore]:
+    opened = open_store(tmp_path / "audit.db")
+    yield opened
+    opened.close()
+
+
+def bodies(store: AuditStore) -> list[dict[str, Any]]:
+    return [json.loads(stored.record.body_bytes) for stored in store.iter_records()]
+
+
+def raw(store: AuditStore) -> sqlite3.Connection:
+    assert store._sqlite is not None
+    return sqlite3.connect(store._sqlite.path, isolation_level=None)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.01)
+
+
+RICH = AppendEntry(
+    type="decision",
+    decision="deny",
+    tool="send_email",
+    arguments={"to": "ü@example.com", "n": [1, 2.5, {"deep": None}]},
+    request_id="req-1",
+    session_id="conv-1",
+    agent_id="key-1",
+    rules=("no-exfil", "high-severity"),
+    policy_digest="ab" * 32,
+    findings=(FindingSummary(category="network.exfil", severity="high", path="args.to"),),
+    scores={"risk": 900_000, "probe_injection": 12},
+    latency_us=321,
+)
+
+
+def test_a_staged_decision_becomes_the_record_it_would_have_been(store: AuditStore, tmp_path: Path) -> None:
+    """Every field of the entry, the time it was staged at and the nonce its arguments were committed with."""
+    staged_id = store.stage(RICH)
+    count, oldest = store.staged()
+    assert (count, isinstance(oldest, str)) == (1, True)
+    assert store.append_staged() == (1, [])
+    assert store.staged() == (0, None)
+    [body] = bodies(store)
+    assert body["time"] == oldest  # the decision's time, not the chaining's
+    other = open_store(tmp_path / "direct.db")
+    other.append([RICH])
+    [direct] = bodies(other)
+    other.close()
+    changed = {"time", "args_commit"}
+    assert {k: v for k, v in body.items() if k not in changed} == {k: v for k, v in direct.items() if k not in changed}
+    with raw(store) as connection:
+        nonce, arguments = connection.execute("SELECT nonce, arguments FROM audit_arguments").fetchone()
+    assert body["args_commit"] == hashlib.sha256(nonce + arguments).hexdigest()
+    assert json.loads(arguments) == RICH.arguments
+    verify_chain(store, TRUSTED)
+    assert staged_id == 1
+
+
+def test_staged_decisions_are_chained_in_staging_order_before_the_batch(store: AuditStore) -> None:
+    store.append([entry(0)])
+    for n in (1, 2, 3):
+        store.stage(entry(n))
+    assert store.append_staged([entry(4)]) == (3, [4])
+    assert [body["seq"] for body in bodies(store)] == [0, 1, 2, 3, 4]
+    with raw(store) as connection:
+        paths = [
+            json.loads(a)["path"] for (a,) in connection.execute("SELECT arguments FROM audit_arguments ORDER BY seq")
+        ]
+    assert paths == ["f0", "f1", "f2", "f3", "f4"]
+    assert store.append_staged() == (0, [])  # nothing left: chained exactly once
+    verify_chain(store, TRUSTED)
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"tool": "run\nshell"}, "tool"),  # a control character: the record schema refuses it
+        ({"tool": "x" * 300}, "tool"),
+        ({"arguments": {"n": float("nan")}}, "arguments"),
+        ({"arguments": {"n": 2**60}}, "arguments"),
+        ({"tool": "bad\ud800"}, "tool"),  # a lone surrogate: no record body can hold it
+        ({"arguments": None}, "args_commit"),  # a decision record commits to its arguments
+        ({"rules": ("ok", "")}, "rules"),
+    ],
+)
+def test_an_entry_that_can_never_be_a_record_is_refused_before_anything_is_staged(
+    store: AuditStore, changes: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(EntryRefused, match=why) as refused:
+        store.stage(entry(0, **changes))
+    assert refused.value.index == 0
+    assert store.staged() == (0, None)
+
+
+def test_only_decisions_are_staged(store: AuditStore) -> None:
+    with pytest.raises(AuditError, match="only decisions are staged"):
+        store.stage(AppendEntry(type="approval", decision="allow", tool="t", arguments={}, approver="ops", ref_seq=0))
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("entry", b"not json"),
+        ("entry", json.dumps({"type": "decision"}).encode()),  # fields missing
+        ("arguments", b'{"a": 1, "a": 2}'),  # a duplicate key
+        ("nonce", b"short"),
+    ],
+)
+def test_a_staged_row_changed_outside_aegis_stops_the_log_until_it_is_resolved(
+    store: AuditStore, column: str, value: bytes
+) -> None:
+    """Skipping it would lose a decision that was already acted on; chaining something else would forge one."""
+    store.append([entry(0)])
+    store.stage(entry(1))
+    with raw(store) as connection:
+        connection.execute(f"UPDATE audit_staged SET {column} = ?", (value,))
+    with pytest.raises(AuditError, match=r"staged decision 1 of 'test/staged' cannot become a record") as stopped:
+        store.append_staged([entry(2)])
+    assert "FORMAT.md section 9" in (stopped.value.hint or "")
+    assert store.head()[0] == 0 and store.staged()[0] == 1  # nothing of the transaction was written
+    with raw(store) as connection:  # the operator's resolution, once understood
+        connection.execute("DELETE FROM audit_staged")
+    assert store.append_staged([entry(2)]) == (0, [1])
+    verify_chain(store, TRUSTED)
+
+
+def test_the_writer_chains_a_staged_decision_right_after(store: AuditStore) -> None:
+    with AuditWriter(store) as writer:
+        staged = writer.stage_now(entry(0))
+        assert staged is not None and store.staged()[0] == 1
+        writer.request_chain()
+        eventually(lambda: store.staged()[0] == 0)
+        assert [body["seq"] for body in bodies(store)] == [0]
+        assert writer.chain_failure is None
+    verify_chain(store, TRUSTED)
+
+
+def test_closing_the_writer_chains_what_is_staged(store: AuditStore) -> None:
+    writer = AuditWriter(store)
+    for n in range(3):
+        assert writer.stage_now(entry(n)) is not None  # the chain is never requested
+    writer.close()
+    assert store.staged() == (0, None) and store.head()[0] == 2
+
+
+def test_decisions_a_stopped_process_left_staged_are_chained_by_the_next_writer(tmp_path: Path) -> None:
+    """A crash between staging (durable) and chaining: the rows wait in the database for the next writer, which
+    chains them before it appends anything new."""
+    crashed = open_store(tmp_path / "audit.db")
+    crashed.append([entry(0)])
+    crashed.stage(entry(1))
+    crashed.stage(entry(2))
+    crashed.close()  # no writer ever chained them
+    restarted = open_store(tmp_path / "audit.db")
+    with AuditWriter(restarted) as writer:
+        assert restarted.staged() == (0, None)
+        assert writer.append_sync(entry(3)) == 3
+    assert [json.loads(b)["path"] for b in _arguments(restarted)] == ["f0", "f1", "f2", "f3"]
+    verify_chain(restarted, TRUSTED)
+    restarted.close()
+
+
+def _arguments(store: AuditStore) -> list[bytes]:
+    with raw(store) as connection:
+        return [a for (a,) in connection.execute("SELECT arguments FROM audit_arguments ORDER BY seq")]
+
+
+def test_while_chaining_fails_nothing_is_staged_and_every_append_fails_closed(store: AuditStore) -> None:
+    store.stage(entry(0))
+    with raw(store) as connection:
+        connection.execute("UPDATE audit_staged SET entry = x'00'")
+    with AuditWriter(store) as writer:  # its start tries to chain the left-over row, and cannot
+        assert writer.chain_failure is not None
+        assert writer.stage_now(entry(1)) is None  # not staged on top of a log that cannot chain
+        with pytest.raises(AuditError, match="staged decision 1"):
+            writer.append_sync(entry(1))
+
+        async def decide() -> Durable:
+            return await writer.commit_async(entry(2), alone=True)
+
+        with pytest.raises(AuditError, match="staged decision 1"):
+            asyncio.run(decide())
+        with raw(store) as connection:
+            connection.execute("DELETE FROM audit_staged")
+        assert writer.append_sync(entry(3)) == 0  # resolved: the log goes on, and staging with it
+        assert writer.chain_failure is None
+        assert writer.stage_now(entry(4)) is not None
+    assert store.staged() == (0, None)
+    verify_chain(store, TRUSTED)
+
+
+def test_two_stores_on_one_database_chain_each_staged_decision_once(tmp_path: Path) -> None:
+    first, second = open_store(tmp_path / "audit.db"), open_store(tmp_path / "audit.db")
+    try:
+        first.stage(entry(0))
+        second.stage(entry(1))
+        assert second.append_staged() == (2, [])
+        first.stage(entry(2))
+        assert first.append_staged([entry(3)]) == (1, [3])
+        assert second.append_staged() == (0, [])
+        assert [json.loads(b)["path"] for b in _arguments(first)] == ["f0", "f1", "f2", "f3"]
+        verify_chain(first, TRUSTED)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_staged_rows_belong_to_their_origin(tmp_path: Path) -> None:
+    one, two = open_store(tmp_path / "audit.db"), open_store(tmp_path / "audit.db", origin="test/other")
+    try:
+        one.stage(entry(0))
+        assert two.append_staged() == (0, []) and two.staged() == (0, None)
+        assert one.staged()[0] == 1
+    finally:
+        one.close()
+        two.close()
+
+
+def test_postgresql_appends_as_before_and_chains_what_sqlite_staged() -> None:
+    """PostgreSQL has no staging (its appends go through the writer thread); its writer still chains staged rows, so
+    none is stranded whichever way the database is opened."""
+    with pg_schema_url() as url:
+        store = AuditStore(url, origin="test/pg", signer_key=KEY, replica="r1")
+        try:
+            with pytest.raises(AppendWouldWait):
+                store.stage(entry(0))
+            with store.engine.begin() as connection:  # as a staging process would have left it
+                connection.execute(
+                    audit_staged.insert().values(
+                        origin="test/pg",
+                        time="2026-11-30T01:00:00.000000Z",
+                        nonce=bytes(32),
+                        arguments=b'{"path":"f0"}',
+                        entry=staged_entry_json(entry(0)),
+                    )
+                )
+            with AuditWriter(store) as writer:
+                assert store.staged() == (0, None)
+                assert writer.append_sync(entry(1)) == 1
+            assert bodies(store)[0]["time"] == "2026-11-30T01:00:00.000000Z"
+            verify_chain(store, TRUSTED)
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize(
+    ("sync", "alone", "staged"), [("normal", False, True), ("full", True, True), ("full", False, False)]
+)
+def test_the_gate_stages_where_it_used_to_append_on_the_loop(
+    tmp_path: Path, sync: str, alone: bool, staged: bool
+) -> None:
+    gate = Gate.from_config(load_config(None, {"data_dir": str(tmp_path), "audit.sync": sync}))
+    gate.start()
+    try:
+        call = ToolCall(id="c1", tool="run_shell", arguments={"cmd": "ls -la"}, raw_size=20)
+
+        async def decide() -> Any:
+            return await gate.decide_async(call, CallContext(session_id="s"), request_id="r1", alone=alone)
+
+        outcome = asyncio.run(decide())
+        assert outcome.effect == "allow"
+        assert (outcome.audit_staged is not None, outcome.audit_seq is None) == (staged, staged)
+        store = gate.writer.store
+        gate.writer.close()
+        decisions = [body for body in bodies(store) if body["type"] == "decision"]
+        assert [(body["tool"], body["decision"], body["request_id"]) for body in decisions] == [
+            ("run_shell", "allow", "r1")
+        ]
+        assert store.staged() == (0, None)
+    finally:
+        gate.close()
