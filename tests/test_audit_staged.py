@@ -9,7 +9,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,46 @@ def test_the_writer_chains_a_staged_decision_right_after(store: AuditStore) -> N
         assert [body["seq"] for body in bodies(store)] == [0]
         assert writer.chain_failure is None
     verify_chain(store, TRUSTED)
+
+
+def test_decisions_staged_together_wait_chain_delay_and_are_chained_in_one_transaction(store: AuditStore) -> None:
+    transactions: list[int] = []
+    append_staged = store.append_staged
+
+    def counted(entries: Sequence[AppendEntry] = ()) -> tuple[int, list[int]]:
+        chained, seqs = append_staged(entries)
+        if chained:
+            transactions.append(chained)
+        return chained, seqs
+
+    store.append_staged = counted  # type: ignore[method-assign]
+    with AuditWriter(store, chain_delay=0.3) as writer:
+
+        async def decide() -> list[Durable]:
+            return [await writer.commit_async(entry(n)) for n in range(3)]
+
+        started = time.monotonic()
+        durables = asyncio.run(decide())
+        assert [d.seq for d in durables] == [None] * 3 and all(d.staged for d in durables)
+        assert store.staged()[0] == 3
+        eventually(lambda: store.staged()[0] == 0)
+        assert time.monotonic() - started >= 0.25
+        assert transactions == [3]
+    verify_chain(store, TRUSTED)
+
+
+def test_a_batch_the_writer_commits_anyway_takes_the_staged_decisions_with_it(store: AuditStore) -> None:
+    with AuditWriter(store, chain_delay=1.0) as writer:
+        assert writer.stage_now(entry(0)) is not None
+        assert writer.append_sync(entry(1)) == 1  # the staged one went first, in the same transaction
+        assert store.staged() == (0, None)
+    verify_chain(store, TRUSTED)
+
+
+@pytest.mark.parametrize("delay", [-0.1, 1.5])
+def test_the_chain_delay_is_bounded(store: AuditStore, delay: float) -> None:
+    with pytest.raises(AuditError, match="chain_delay"):
+        AuditWriter(store, chain_delay=delay)
 
 
 def test_closing_the_writer_chains_what_is_staged(store: AuditStore) -> None:

@@ -42,6 +42,10 @@ log = logging.getLogger("aegis_proxy.audit")
 _STOP = object()  # queue sentinel: flush what came before it, then end
 _CHAIN = object()  # queue sentinel: decisions were staged; chain them
 WAL_CHECKPOINT_RECORDS = 64  # records between background WAL checkpoints (SQLite's own comes at 1,000 log pages)
+# Seconds a staged decision waits before the thread chains it (with every decision staged meanwhile, in one
+# transaction): chaining each one at once woke the thread for each call and made it take the GIL (and on `full` sync
+# an fsync) while the loop served the next request. Stays well inside the checkpoint window (seconds, 1,000 records).
+CHAIN_DELAY = 0.05
 
 
 def _not_committed(timeout: float) -> AuditError:
@@ -153,15 +157,17 @@ class AuditWriter:
         max_queue: int = 10_000,
         linger: float = 0.0,
         checkpoint_interval: float = 1.0,
+        chain_delay: float = CHAIN_DELAY,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or linger < 0 or checkpoint_interval <= 0:
+        if max_batch < 1 or max_queue < 1 or linger < 0 or checkpoint_interval <= 0 or not 0 <= chain_delay <= 1:
             raise AuditError(
                 "audit writer settings out of range",
-                hint="max_batch and max_queue >= 1, linger >= 0, checkpoint_interval > 0",
+                hint="max_batch and max_queue >= 1, linger >= 0, checkpoint_interval > 0, chain_delay 0..1 s",
             )
         self.store = store
         self.max_batch = max_batch
         self.linger = linger
+        self.chain_delay = chain_delay
         self.checkpoint_interval = checkpoint_interval
         # SimpleQueue (C): a put wakes the thread without queue.Queue's Python-level Condition (measured in the proxy:
         # 0.1 ms less CPU and 0.15 ms less latency per request). Bounded in submit, where every put happens under
@@ -180,8 +186,10 @@ class AuditWriter:
         self._committing = threading.Lock()
         self.quick = bool(getattr(store, "quick_appends", False))  # see append_async
         self.direct = bool(getattr(store, "appends_without_waiting", False))  # append_now is possible at all
-        # Staged decisions wait to be chained (set after a stage commits, cleared by the thread before it reads them).
+        # Staged decisions wait to be chained (set after a stage commits, cleared by the thread before it reads them),
+        # since this monotonic time: chained `chain_delay` later, or earlier with a batch the thread commits anyway.
         self._staged_waiting = False
+        self._staged_since = 0.0
         # The last chaining failed (a staged row that cannot become a record, the database): nothing is staged until
         # a chaining succeeds, so that calls take the thread's path, which tries again and fails closed meanwhile.
         self.chain_failure: AuditError | None = None
@@ -197,6 +205,7 @@ class AuditWriter:
         except AuditError as error:
             self._staged_waiting, self.chain_failure = True, error
             log.error("audit writer: staged decisions left by an earlier run cannot be chained: %s", error.message)
+            self._staged_since = time.monotonic()
             return
         if chained:
             log.warning("audit writer: chained %d decisions an earlier run had staged", chained)
@@ -253,14 +262,17 @@ class AuditWriter:
 
     async def commit_async(self, entry: AppendEntry, timeout: float = 5.0, *, alone: bool = False) -> Durable:
         """`append_async` for a decision that does not need its seq at once: where `append_async` would append on the
-        loop, the decision is staged there instead (`stage_now`: one short row, durable as `audit.sync` says), and
-        the writer thread chains it into its signed record right after (requested once the loop has finished the
-        current step, so that the answer goes out first). Measured on this path, a staged row costs the loop a quarter
-        of a chained append: no head row, signature, Merkle step or index updates (docs/proxy.md, Latency)."""
+        loop, the decision is staged there instead (`stage_now`: one short row, durable as `audit.sync` says), and the
+        writer thread chains it into its signed record `chain_delay` later, with the others staged meanwhile (woken
+        once the loop has finished the current step, so that the answer goes out first). Measured on this path, a
+        staged row costs the loop a quarter of a chained append: no head row, signature, Merkle step or index updates
+        (docs/proxy.md, Latency)."""
         if self.quick or (alone and self.direct):
+            first = not self._staged_waiting  # the thread sleeps until it is told when the first one is due
             staged = self.stage_now(entry)
             if staged is not None:
-                asyncio.get_running_loop().call_soon(self.request_chain)
+                if first:
+                    asyncio.get_running_loop().call_soon(self.request_chain)
                 return Durable(staged=staged)
         return Durable(seq=await self._through_thread(entry, timeout))
 
@@ -325,7 +337,9 @@ class AuditWriter:
                 staged = self.store.stage(entry)
             except AppendWouldWait:
                 return None
-            self._staged_waiting = True
+            if not self._staged_waiting:
+                self._staged_since = time.monotonic()
+                self._staged_waiting = True
             return staged
         finally:
             self._committing.release()
@@ -360,9 +374,9 @@ class AuditWriter:
         stopping = False
         while not stopping:
             try:
-                first = self._queue.get(timeout=self._until_checkpoint())
+                first = self._queue.get(timeout=min(self._until_checkpoint(), self._until_chain()))
             except queue.Empty:
-                if self._staged_waiting:  # a chaining that failed is tried again on each tick
+                if self._until_chain() == 0:  # staged decisions are due (or a chaining that failed, again)
                     with self._committing:
                         self._commit([])
                 self._checkpoint()
@@ -377,7 +391,7 @@ class AuditWriter:
                 except queue.Empty:
                     break
                 stopping = self._take(item, batch)
-            if batch or self._staged_waiting:
+            if batch or (self._staged_waiting and (stopping or self._until_chain() == 0)):
                 with self._committing:
                     self._commit(batch)
             self._checkpoint()
@@ -403,7 +417,8 @@ class AuditWriter:
                     raise AuditError(f"store returned {len(seqs)} seqs for {len(live)} records", hint="a store bug")
             except EntryRefused as refused:
                 if not 0 <= refused.index < len(live):
-                    self._staged_waiting = self._staged_waiting or chain
+                    if chain:
+                        self._staged_since, self._staged_waiting = time.monotonic(), True
                     self._fail(live, refused)
                     return
                 # That entry can never be written (nothing of the batch was): it alone fails, the rest go again.
@@ -411,8 +426,8 @@ class AuditWriter:
                 future.set_exception(AuditError(refused.message, hint=refused.hint))
                 continue
             except Exception as error:  # AuditError, or a store bug: either way nothing of the batch is known durable
-                if chain:
-                    self._staged_waiting = True  # still staged: tried again on the next wake-up or tick
+                if chain:  # still staged: tried again a chain_delay (or a batch) later
+                    self._staged_since, self._staged_waiting = time.monotonic(), True
                     self.chain_failure = error if isinstance(error, AuditError) else AuditError(repr(error))
                     log.error("audit writer: staged decisions not chained: %s", self.chain_failure.message)
                 if live:
@@ -434,6 +449,12 @@ class AuditWriter:
             own = AuditError(failure.message, hint=failure.hint or "the call is denied")
             own.__cause__ = failure
             future.set_exception(own)
+
+    def _until_chain(self) -> float:
+        """Seconds until staged decisions are due to be chained (0: now; infinity: none waits)."""
+        if not self._staged_waiting:
+            return float("inf")
+        return max(0.0, self._staged_since + self.chain_delay - time.monotonic())
 
     def _until_checkpoint(self) -> float:
         return max(0.0, self._next_checkpoint - time.monotonic())
