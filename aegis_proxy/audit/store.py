@@ -173,6 +173,11 @@ def _refusal(index: int, error: Exception) -> EntryRefused:
     return EntryRefused(index, f"audit entry refused: {reason}"[:300])
 
 
+def _commitment(nonce: bytes, stored_arguments: bytes | None) -> str | None:
+    """record.args_commitment(nonce, arguments), from the canonical bytes that are stored anyway; None: no arguments."""
+    return None if stored_arguments is None else hashlib.sha256(nonce + stored_arguments).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Staged:
     """What a staged row fixes of its record: the decision's time, the argument nonce and the arguments' bytes."""
@@ -730,10 +735,8 @@ class AuditStore:
         nonce = secrets.token_bytes(32)
         time = format_time(dt.datetime.now(dt.UTC))
         try:
-            stored_arguments = commit = None
-            if entry.arguments is not None:
-                stored_arguments = canonical_arguments(entry.arguments)
-                commit = hashlib.sha256(nonce + stored_arguments).hexdigest()
+            stored_arguments = None if entry.arguments is None else canonical_arguments(entry.arguments)
+            commit = _commitment(nonce, stored_arguments)
             # The body of any seq: seq, prev and key id are the only fields chaining sets, and the schema takes any
             # value of theirs (decision records name no earlier seq).
             entry.body(
@@ -806,8 +809,7 @@ class AuditStore:
         else:
             nonce, time = secrets.token_bytes(32), format_time(dt.datetime.now(dt.UTC))
             stored_arguments = None if entry.arguments is None else canonical_arguments(entry.arguments)
-        # record.args_commitment(nonce, arguments), computed from the canonical bytes we store anyway
-        commit = None if stored_arguments is None else hashlib.sha256(nonce + stored_arguments).hexdigest()
+        commit = _commitment(nonce, stored_arguments)
         body = entry.body(
             origin=self.origin,
             seq=seq,
