@@ -681,12 +681,11 @@ class AuditStore:
                             raise _refusal(index, error) from error
                         frontier.append(prev)
                         seqs.append(seq)
-                    # One executemany per table: per-row INSERTs cost more than signing the records.
                     if records:
+                        # One executemany per table: per-row INSERTs cost more than signing the records.
                         tx.run(_INSERT_RECORD, records)
-                    if arguments:
-                        tx.run(_INSERT_ARGUMENTS, arguments)
-                    if records:
+                        if arguments:
+                            tx.run(_INSERT_ARGUMENTS, arguments)
                         self._advance_head(tx, seq, prev, frontier, " ".join(sorted(head.retired)))
                         checkpointed = self._checkpoint_by_count(tx, frontier, signer)
                 if self._sqlite is not None:  # committed: what the head row now holds

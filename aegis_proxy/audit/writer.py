@@ -28,9 +28,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -39,6 +40,7 @@ from aegis_proxy.audit.store import AppendEntry, AppendWouldWait, AuditStore, En
 
 log = logging.getLogger("aegis_proxy.audit")
 
+_T = TypeVar("_T")
 _STOP = object()  # queue sentinel: flush what came before it, then end
 _CHAIN = object()  # queue sentinel: decisions were staged; chain them
 WAL_CHECKPOINT_RECORDS = 64  # records between background WAL checkpoints (SQLite's own comes at 1,000 log pages)
@@ -203,9 +205,9 @@ class AuditWriter:
         try:
             chained, _ = self.store.append_staged()
         except AuditError as error:
-            self._staged_waiting, self.chain_failure = True, error
+            self._still_staged()
+            self.chain_failure = error
             log.error("audit writer: staged decisions left by an earlier run cannot be chained: %s", error.message)
-            self._staged_since = time.monotonic()
             return
         if chained:
             log.warning("audit writer: chained %d decisions an earlier run had staged", chained)
@@ -302,6 +304,36 @@ class AuditWriter:
 
         The same record as through the thread: the store builds, signs and commits it in one transaction and refuses an
         entry that can never be a record (EntryRefused, an AuditError: the call is denied)."""
+        seqs = self._on_this_thread(lambda: self.store.append([entry], wait=False))
+        if seqs is None:
+            return None
+        if len(seqs) != 1:
+            raise AuditError(f"store returned {len(seqs)} seqs for 1 record", hint="a store bug")
+        if self.wal is not None:
+            self.wal.committed(1)
+        return seqs[0]
+
+    def stage_now(self, entry: AppendEntry) -> int | None:
+        """Stage a decision on the calling thread (`store.stage`) under the conditions of `append_now`, and while
+        chaining works; its staged id once durable, or None, with nothing written, when it cannot be staged here.
+        Raises AuditError as `append_now` does (EntryRefused for an entry that could never become a record). The
+        caller asks the thread to chain it (`request_chain`)."""
+        if self.chain_failure is not None and not self._closed:  # (closed: _on_this_thread raises, as append_now)
+            return None
+
+        def stage() -> int:
+            staged = self.store.stage(entry)
+            if not self._staged_waiting:  # set under _committing: the thread's next commit sees it
+                self._staged_since, self._staged_waiting = time.monotonic(), True
+            return staged
+
+        return self._on_this_thread(stage)
+
+    def _on_this_thread(self, write: Callable[[], _T]) -> _T | None:
+        """`write` (a store call that does not wait: AppendWouldWait) on the calling thread when that cannot wait
+        for a lock: the store can write without waiting (SQLite), the writer commits nothing and has nothing queued
+        (queued records keep their turn and their group commit) and its thread is alive; None, with nothing written,
+        when any of these does not hold or the store found the database busy."""
         if self._closed:
             raise _closed()
         if not self.direct or not self._committing.acquire(blocking=False):
@@ -310,37 +342,9 @@ class AuditWriter:
             if self._queue.qsize() or not self._thread.is_alive():
                 return None  # queued records first; a dead thread is reported by submit
             try:
-                seqs = self.store.append([entry], wait=False)
+                return write()
             except AppendWouldWait:
                 return None
-            if len(seqs) != 1:
-                raise AuditError(f"store returned {len(seqs)} seqs for 1 record", hint="a store bug")
-            if self.wal is not None:
-                self.wal.committed(1)
-            return seqs[0]
-        finally:
-            self._committing.release()
-
-    def stage_now(self, entry: AppendEntry) -> int | None:
-        """Stage a decision on the calling thread (`store.stage`) under the conditions of `append_now`, and while
-        chaining works; its staged id once durable, or None, with nothing written, when it cannot be staged here.
-        Raises AuditError as `append_now` does (EntryRefused for an entry that could never become a record). The
-        caller asks the thread to chain it (`request_chain`)."""
-        if self._closed:
-            raise _closed()
-        if not self.direct or self.chain_failure is not None or not self._committing.acquire(blocking=False):
-            return None
-        try:
-            if self._queue.qsize() or not self._thread.is_alive():
-                return None
-            try:
-                staged = self.store.stage(entry)
-            except AppendWouldWait:
-                return None
-            if not self._staged_waiting:
-                self._staged_since = time.monotonic()
-                self._staged_waiting = True
-            return staged
         finally:
             self._committing.release()
 
@@ -418,7 +422,7 @@ class AuditWriter:
             except EntryRefused as refused:
                 if not 0 <= refused.index < len(live):
                     if chain:
-                        self._staged_since, self._staged_waiting = time.monotonic(), True
+                        self._still_staged()
                     self._fail(live, refused)
                     return
                 # That entry can never be written (nothing of the batch was): it alone fails, the rest go again.
@@ -426,8 +430,8 @@ class AuditWriter:
                 future.set_exception(AuditError(refused.message, hint=refused.hint))
                 continue
             except Exception as error:  # AuditError, or a store bug: either way nothing of the batch is known durable
-                if chain:  # still staged: tried again a chain_delay (or a batch) later
-                    self._staged_since, self._staged_waiting = time.monotonic(), True
+                if chain:
+                    self._still_staged()
                     self.chain_failure = error if isinstance(error, AuditError) else AuditError(repr(error))
                     log.error("audit writer: staged decisions not chained: %s", self.chain_failure.message)
                 if live:
@@ -449,6 +453,10 @@ class AuditWriter:
             own = AuditError(failure.message, hint=failure.hint or "the call is denied")
             own.__cause__ = failure
             future.set_exception(own)
+
+    def _still_staged(self) -> None:
+        """A chaining did not happen: the staged decisions are tried again a chain_delay (or a batch) later."""
+        self._staged_since, self._staged_waiting = time.monotonic(), True
 
     def _until_chain(self) -> float:
         """Seconds until staged decisions are due to be chained (0: now; infinity: none waits)."""
