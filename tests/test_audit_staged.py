@@ -115,6 +115,30 @@ def test_staged_decisions_are_chained_in_staging_order_before_the_batch(store: A
     verify_chain(store, TRUSTED)
 
 
+def test_staging_is_one_insert_and_keeps_the_head_the_last_append_left(store: AuditStore) -> None:
+    """A staged row is one INSERT committed by itself (no BEGIN, PRAGMA or COMMIT on the event loop); it changes
+    nothing of the chain, so chaining it reads no head row when no other connection committed meanwhile, and does
+    when one did."""
+    store.append([entry(0)])
+    assert store._sqlite is not None
+    statements: list[str] = []
+    store._sqlite._connect().set_trace_callback(statements.append)
+    store.stage(entry(1))
+    # (The busy timeout is switched off first: the append before it waited. Switched once per change of way.)
+    assert [s.split(" (", 1)[0] for s in statements] == ["PRAGMA busy_timeout = 0", "INSERT INTO audit_staged"]
+    statements.clear()
+    assert store.append_staged() == (1, [])
+    assert not [s for s in statements if s.startswith("SELECT audit_head")]
+    store.stage(entry(2))
+    with raw(store) as other:  # another connection commits: the head must be read again
+        other.execute("CREATE TABLE unrelated (x INTEGER)")
+    statements.clear()
+    assert store.append_staged() == (1, [])
+    assert [s for s in statements if s.startswith("SELECT audit_head")]
+    assert [body["seq"] for body in bodies(store)] == [0, 1, 2]
+    verify_chain(store, TRUSTED)
+
+
 @pytest.mark.parametrize(
     ("changes", "why"),
     [

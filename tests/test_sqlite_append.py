@@ -342,3 +342,70 @@ def test_a_busy_database_after_begin_is_busy_for_a_transaction_that_must_not_wai
     other.sqlite_errorcode = sqlite3.SQLITE_IOERR  # type: ignore[attr-defined]
     with pytest.raises(sqlite3.OperationalError), appender.transaction(wait=False):
         raise other  # not a busy database: the error itself, never a retry
+
+
+INSERT_T = sa.text("INSERT INTO t VALUES (:x)")
+
+
+def test_an_insert_of_its_own_is_one_statement_committed_by_itself(appender: SqliteAppender) -> None:
+    """`insert`: no BEGIN, PRAGMA data_version or COMMIT around it (SQLite's autocommit), and the row is committed
+    when it returns: another connection reads it at once."""
+    statements: list[str] = []
+    appender._connect().set_trace_callback(statements.append)
+    first = appender.insert(INSERT_T, {"x": 7}, wait=False)
+    second = appender.insert(INSERT_T, {"x": 8}, wait=False)
+    assert second == first + 1  # the rowids
+    assert statements == ["PRAGMA busy_timeout = 0", "INSERT INTO t VALUES (7)", "INSERT INTO t VALUES (8)"]
+    assert not appender._connect().in_transaction
+    other = sqlite3.connect(appender.path)
+    try:
+        assert other.execute("SELECT x FROM t ORDER BY rowid").fetchall() == [(7,), (8,)]
+    finally:
+        other.close()
+
+
+def test_an_insert_of_its_own_leaves_unchanged_as_it_was(appender: SqliteAppender) -> None:
+    """Our own insert is no change for the next transaction (the head row it left is still good); another
+    connection's commit between them still is."""
+    assert _unchanged(appender) is True
+    appender.insert(INSERT_T, {"x": 1})
+    assert _unchanged(appender) is True
+    appender.insert(INSERT_T, {"x": 2})
+    other = sqlite3.connect(appender.path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO t VALUES (3)")
+    finally:
+        other.close()
+    appender.insert(INSERT_T, {"x": 4})
+    assert _unchanged(appender) is False
+
+
+def test_an_insert_that_must_not_wait_refuses_a_held_lock(appender: SqliteAppender) -> None:
+    with write_lock_held(appender) as other:
+        started = time.perf_counter()
+        with pytest.raises(DatabaseBusy):
+            appender.insert(INSERT_T, {"x": 1}, wait=False)
+        assert time.perf_counter() - started < 0.5
+        threading.Timer(0.3, other.execute, ("ROLLBACK",)).start()
+        started = time.perf_counter()
+        appender.insert(INSERT_T, {"x": 2})  # waiting: lands once the lock is released
+        assert time.perf_counter() - started >= 0.25
+    assert appender._connect().execute("SELECT x FROM t").fetchall() == [(2,)]
+
+
+def test_an_insert_inside_an_open_transaction_is_refused(appender: SqliteAppender) -> None:
+    """It would join the transaction and commit nothing: never a row reported durable that is not."""
+    with pytest.raises(RuntimeError), appender.transaction() as tx:
+        tx.run(INSERT_T, {"x": 1})
+        with pytest.raises(sqlite3.ProgrammingError, match="inside an open transaction"):
+            appender.insert(INSERT_T, {"x": 2})
+        raise RuntimeError("roll back")
+    assert appender._connect().execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_failed_insert_writes_nothing_and_the_connection_goes_on(appender: SqliteAppender) -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        appender.insert(sa.text("INSERT INTO missing VALUES (:x)"), {"x": 1})
+    assert not appender._connect().in_transaction
+    appender.insert(INSERT_T, {"x": 5})
+    assert appender._connect().execute("SELECT x FROM t").fetchall() == [(5,)]

@@ -359,10 +359,8 @@ _NEWEST_CHECKPOINT = select(func.max(audit_checkpoints.c.size)).where(
     audit_checkpoints.c.origin == bindparam("head_origin")
 )
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
-_STAGE = (
-    insert(audit_staged)
-    .values({name: bindparam(name) for name in ("origin", "time", "nonce", "arguments", "entry")})
-    .returning(audit_staged.c.id)
+_STAGE = insert(audit_staged).values(
+    {name: bindparam(name) for name in ("origin", "time", "nonce", "arguments", "entry")}
 )
 _STAGED = (
     select(audit_staged.c.id, audit_staged.c.time, audit_staged.c.nonce, audit_staged.c.arguments, audit_staged.c.entry)
@@ -753,12 +751,9 @@ class AuditStore:
         row = {"origin": self.origin, "time": time, "nonce": nonce, "arguments": stored_arguments, "entry": entry_json}
         try:
             with self._locked(False):
-                cached, self._head_cache = self._head_cache, None
-                with self._sqlite.transaction(wait=False) as tx:
-                    staged_id = int(tx.rows(_STAGE, row)[0][0])
-                if tx.unchanged:  # no other connection committed: the cached head is still the head
-                    self._head_cache = cached
-            return staged_id
+                # One insert, its own transaction: it reads and changes nothing of the chain, so the cached head
+                # stays as good as it was (the next append still checks that no other connection committed).
+                return self._sqlite.insert(_STAGE, row, wait=False)
         except AppendWouldWait:
             raise
         except DatabaseBusy as busy:
