@@ -25,6 +25,7 @@ rule ids, and a metric that somehow grows past MAX_SERIES label sets folds the r
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -83,7 +84,7 @@ class _Metric:
         self._lock = threading.Lock()
 
     def _key(self, labels: Sequence[str], existing: dict[tuple[str, ...], Any]) -> tuple[str, ...]:
-        key = tuple(str(value) for value in labels)
+        key = tuple(map(str, labels))
         if len(key) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {len(key)} values")
         if key not in existing and len(existing) >= MAX_SERIES:
@@ -145,7 +146,7 @@ class Histogram(_Metric):
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = [0.0] * (len(self.buckets) + 2)
-            index = next((i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets))
+            index = bisect.bisect_left(self.buckets, value)  # the first bucket with value <= bound; past the last: +Inf
             series[index] += 1
             series[-1] += value
 

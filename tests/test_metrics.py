@@ -79,6 +79,7 @@ def test_counter_without_labels_renders_zero_and_refuses_to_go_down() -> None:
         ([0.0005], {"0.001": 1, "0.01": 1, "+Inf": 1}),
         ([0.002, 0.002, 5.0], {"0.001": 0, "0.01": 2, "+Inf": 3}),
         ([100.0], {"0.001": 0, "0.01": 0, "+Inf": 1}),
+        ([0.001, 0.01], {"0.001": 1, "0.01": 2, "+Inf": 2}),  # a bucket's bound is inside it (le: less or equal)
         ([float("nan"), -1.0, 0.0], {"0.001": 1, "0.01": 1, "+Inf": 1}),  # nonsense durations are dropped
     ],
 )
