@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -244,11 +245,13 @@ def test_the_chain_delay_is_bounded(store: AuditStore, delay: float) -> None:
 
 
 def test_closing_the_writer_chains_what_is_staged(store: AuditStore) -> None:
-    writer = AuditWriter(store)
+    writer = AuditWriter(store, chain_delay=1.0)
     for n in range(3):
         assert writer.stage_now(entry(n)) is not None  # the chain is never requested
+    staged_by_the_thread = writer.submit_decision(entry(3))
+    assert staged_by_the_thread.result(10).staged is not None
     writer.close()
-    assert store.staged() == (0, None) and store.head()[0] == 2
+    assert store.staged() == (0, None) and store.head()[0] == 3
 
 
 def test_decisions_a_stopped_process_left_staged_are_chained_by_the_next_writer(tmp_path: Path) -> None:
@@ -288,12 +291,78 @@ def test_while_chaining_fails_nothing_is_staged_and_every_append_fails_closed(st
 
         with pytest.raises(AuditError, match="staged decision 1"):
             asyncio.run(decide())
+        with pytest.raises(AuditError, match="staged decision 1"):  # the thread does not stage either
+            writer.submit_decision(entry(2)).result(10)
         with raw(store) as connection:
             connection.execute("DELETE FROM audit_staged")
         assert writer.append_sync(entry(3)) == 0  # resolved: the log goes on, and staging with it
         assert writer.chain_failure is None
         assert writer.stage_now(entry(4)) is not None
     assert store.staged() == (0, None)
+    verify_chain(store, TRUSTED)
+
+
+def test_decisions_staged_together_are_one_insert(store: AuditStore) -> None:
+    """stage_rows (the writer thread's): the rows `staging_row` made, in one INSERT committed by itself (one fsync
+    with `full`), ids in order; `staging_row` refuses an entry that could never become a record, writing nothing."""
+    with pytest.raises(EntryRefused, match="tool") as refused:
+        store.staging_row(entry(1, tool="bad\ntool"))
+    assert refused.value.index == 0 and store.staged() == (0, None)
+    assert store._sqlite is not None
+    rows = [store.staging_row(entry(n)) for n in range(3)]
+    statements: list[str] = []
+    store._sqlite._connect().set_trace_callback(statements.append)
+    ids = store.stage_rows(rows)
+    [insert] = [s for s in statements if not s.startswith("PRAGMA")]
+    assert insert.startswith("INSERT INTO audit_staged (") and insert.count("), (") == 2  # three rows, one statement
+    with raw(store) as connection:
+        paths = {i: json.loads(a)["path"] for i, a in connection.execute("SELECT id, arguments FROM audit_staged")}
+    assert paths == {ids[n]: f"f{n}" for n in range(3)}  # each id names its own decision's row
+    assert store.stage_rows([]) == []
+    assert store.append_staged() == (3, [])
+    assert [body["seq"] for body in bodies(store)] == [0, 1, 2]
+    verify_chain(store, TRUSTED)
+
+
+def test_the_writer_thread_stages_decisions_queued_together_in_one_statement(store: AuditStore) -> None:
+    """submit_decision (a decision on the loop while other flows are in progress, with `full`): its row is made on the
+    caller's thread, the thread stages the rows it finds queued together in one statement, each future resolves once
+    its row is durable, and the rows are chained `chain_delay` later, as the loop's are."""
+    batches: list[int] = []
+    stage_rows = store.stage_rows
+
+    def counted(rows: Sequence[Any]) -> list[int]:
+        batches.append(len(rows))
+        return stage_rows(rows)
+
+    store.stage_rows = counted  # type: ignore[method-assign]
+    with AuditWriter(store, linger=0.3, chain_delay=0.3) as writer:  # linger: the three make one batch
+        durables = [future.result(10) for future in [writer.submit_decision(entry(n)) for n in range(3)]]
+        assert batches == [3]
+        assert [d.seq for d in durables] == [None] * 3 and all(d.staged for d in durables)
+        assert store.staged()[0] == 3  # durable, not yet chained
+        eventually(lambda: store.staged()[0] == 0)
+    assert [json.loads(b)["path"] for b in _arguments(store)] == ["f0", "f1", "f2"]
+    verify_chain(store, TRUSTED)
+
+
+def test_a_decision_that_can_never_be_a_record_is_refused_before_it_is_queued(store: AuditStore) -> None:
+    with AuditWriter(store) as writer:
+        with pytest.raises(EntryRefused, match="tool"):
+            writer.submit_decision(entry(1, tool="bad\ntool"))
+        assert writer.submit_decision(entry(2)).result(10).staged is not None
+    assert [json.loads(b)["path"] for b in _arguments(store)] == ["f2"]
+    verify_chain(store, TRUSTED)
+
+
+def test_decisions_staged_by_the_thread_go_before_a_record_appended_in_the_same_batch(store: AuditStore) -> None:
+    with AuditWriter(store, linger=0.3, chain_delay=1.0) as writer:
+        staged = writer.submit_decision(entry(0))
+        appended = writer.submit(entry(1))
+        assert staged.result(10).staged is not None
+        assert appended.result(10) == 1  # the staged decision was chained first, in the append's transaction
+        assert store.staged() == (0, None)
+    assert [json.loads(b)["path"] for b in _arguments(store)] == ["f0", "f1"]
     verify_chain(store, TRUSTED)
 
 
@@ -345,6 +414,7 @@ def test_postgresql_appends_as_before_and_chains_what_sqlite_staged() -> None:
             with AuditWriter(store) as writer:
                 assert store.staged() == (0, None)
                 assert writer.append_sync(entry(1)) == 1
+                assert writer.submit_decision(entry(2)).result(10) == Durable(seq=2)  # appended, not staged
             assert bodies(store)[0]["time"] == "2026-11-30T01:00:00.000000Z"
             verify_chain(store, TRUSTED)
         finally:
@@ -352,14 +422,27 @@ def test_postgresql_appends_as_before_and_chains_what_sqlite_staged() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sync", "alone", "staged"), [("normal", False, True), ("full", True, True), ("full", False, False)]
+    ("sync", "alone", "where"),
+    [("normal", False, "stage"), ("full", True, "stage"), ("full", False, "stage_rows")],
 )
-def test_the_gate_stages_where_it_used_to_append_on_the_loop(
-    tmp_path: Path, sync: str, alone: bool, staged: bool
+def test_the_gate_stages_each_decision_on_the_loop_or_through_the_writer_thread(
+    tmp_path: Path, sync: str, alone: bool, where: str
 ) -> None:
+    """On the loop where it used to append there (`normal`; `full` when alone); through the writer thread otherwise
+    (`full` with other flows in progress: the thread stages, it does not append a chained record)."""
     gate = Gate.from_config(load_config(None, {"data_dir": str(tmp_path), "audit.sync": sync}))
     gate.start()
     try:
+        store = gate.writer.store
+        threads: dict[str, str] = {}
+        for name in ("stage", "stage_rows"):
+            original = getattr(store, name)
+
+            def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
+                threads[_name] = threading.current_thread().name
+                return _original(*args)
+
+            setattr(store, name, spy)
         call = ToolCall(id="c1", tool="run_shell", arguments={"cmd": "ls -la"}, raw_size=20)
 
         async def decide() -> Any:
@@ -367,8 +450,9 @@ def test_the_gate_stages_where_it_used_to_append_on_the_loop(
 
         outcome = asyncio.run(decide())
         assert outcome.effect == "allow"
-        assert (outcome.audit_staged is not None, outcome.audit_seq is None) == (staged, staged)
-        store = gate.writer.store
+        assert outcome.audit_staged is not None and outcome.audit_seq is None
+        assert list(threads) == [where]
+        assert threads[where] == ("MainThread" if where == "stage" else "aegis-audit-writer")
         gate.writer.close()
         decisions = [body for body in bodies(store) if body["type"] == "decision"]
         assert [(body["tool"], body["decision"], body["request_id"]) for body in decisions] == [

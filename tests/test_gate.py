@@ -101,6 +101,20 @@ def records(gate: Gate) -> dict[int, RecordBody]:
     return {r.seq: parse_body(r.record.body_bytes) for r in gate.writer.store.iter_records()}
 
 
+def record_of(gate: Gate, outcome: GateOutcome) -> RecordBody:
+    """The outcome's record, durable when the outcome was returned: at its seq, or, for a decision made durable as a
+    staged row first (SQLite: audit/FORMAT.md section 9), once the writer has chained it."""
+    if outcome.audit_seq is not None:
+        return records(gate)[outcome.audit_seq]
+    assert outcome.audit_staged is not None
+    deadline = time.monotonic() + 10
+    while gate.writer.store.staged()[0]:
+        assert time.monotonic() < deadline, "the staged decision was not chained"
+        time.sleep(0.01)
+    [body] = [b for b in records(gate).values() if b.type == "decision" and b.request_id == outcome.request_id]
+    return body
+
+
 def stored_arguments(gate: Gate, seq: int) -> Any:
     store = gate.writer.store
     with store.engine.connect() as conn:
@@ -397,7 +411,7 @@ def test_decide_async_judges_small_calls_on_the_loop(
     outcome, loop_thread = decide_on_a_loop(gate, the_call, context)
     assert (gate.firewall.threads == [loop_thread]) is on_the_loop
     assert (outcome.effect, outcome.cause) == (effect, "policy")
-    body = records(gate)[outcome.audit_seq]  # durable: a fresh read finds it
+    body = record_of(gate, outcome)
     assert (body.type, body.decision, body.tool, body.request_id) == ("decision", effect, tool, "req-a")
     if effect == "ask":
         assert outcome.approval_id is not None and gate.approvals.get(outcome.approval_id).ask_seq == body.seq

@@ -34,15 +34,21 @@ USER = [{"role": "user", "content": "Tidy up my workspace"}]
 class Proxied:
     def __init__(self, config: AegisConfig, llm: ScriptedLLM, proxy: BackgroundProxy, gate: Gate) -> None:
         self.config, self.llm, self.proxy, self.gate = config, llm, proxy, gate
-        # Which thread made each decision durable: staged it, or appended it (alone or with staged ones before it).
+        # Which thread made each decision durable: staged it (the loop one, the writer several), or appended it.
         self.append_threads: list[str] = []
         self.chain_threads: list[str] = []  # which thread chained staged decisions
         store: AuditStore = gate.writer.store
-        stage, append, append_staged = store.stage, store.append, store.append_staged
+        stage, stage_rows = store.stage, store.stage_rows
+        append, append_staged = store.append, store.append_staged
 
         def spied_stage(entry: AppendEntry) -> int:
             staged = stage(entry)
             self.append_threads.append(threading.current_thread().name)
+            return staged
+
+        def spied_stage_rows(rows: Sequence[Any]) -> list[int]:
+            staged = stage_rows(rows)
+            self.append_threads.extend([threading.current_thread().name] * len(staged))
             return staged
 
         def spied_chain(entries: Sequence[AppendEntry] = ()) -> tuple[int, list[int]]:
@@ -57,6 +63,7 @@ class Proxied:
             return seqs
 
         store.stage = spied_stage  # type: ignore[method-assign]
+        store.stage_rows = spied_stage_rows  # type: ignore[method-assign]
         store.append = spied_append  # type: ignore[method-assign]
         store.append_staged = spied_chain  # type: ignore[method-assign]
 

@@ -409,3 +409,39 @@ def test_a_failed_insert_writes_nothing_and_the_connection_goes_on(appender: Sql
     assert not appender._connect().in_transaction
     appender.insert(INSERT_T, {"x": 5})
     assert appender._connect().execute("SELECT x FROM t").fetchall() == [(5,)]
+
+
+def test_rows_inserted_together_are_one_statement_and_come_back_in_order(appender: SqliteAppender) -> None:
+    statements: list[str] = []
+    appender._connect().set_trace_callback(statements.append)
+    ids = appender.insert_rows("t", [{"x": n} for n in (10, 11, 12)], wait=False)
+    assert [s for s in statements if not s.startswith("PRAGMA")] == ["INSERT INTO t (x) VALUES (10), (11), (12)"]
+    rows = dict(appender._connect().execute("SELECT rowid, x FROM t").fetchall())
+    assert rows == dict(zip(ids, (10, 11, 12), strict=True))
+    assert appender.insert_rows("t", []) == []
+
+
+def test_rows_past_the_bound_parameter_limit_go_in_several_statements(appender: SqliteAppender) -> None:
+    """An SQLite built with a low limit of bound parameters (999 before 3.32): as many statements as it takes."""
+    connection = appender._connect()
+    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 4)
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    ids = appender.insert_rows("t", [{"x": n} for n in range(10)])
+    assert len([s for s in statements if s.startswith("INSERT")]) == 3  # 4 + 4 + 2
+    assert dict(connection.execute("SELECT rowid, x FROM t").fetchall()) == dict(zip(ids, range(10), strict=True))
+
+
+def test_rows_inserted_together_refuse_mixed_columns_an_open_transaction_and_a_held_lock(
+    appender: SqliteAppender,
+) -> None:
+    with pytest.raises(sqlite3.ProgrammingError, match="same columns"):
+        appender.insert_rows("t", [{"x": 1}, {"y": 2}])
+    with pytest.raises(RuntimeError), appender.transaction() as tx:
+        tx.run(INSERT_T, {"x": 1})
+        with pytest.raises(sqlite3.ProgrammingError, match="inside an open transaction"):
+            appender.insert_rows("t", [{"x": 2}])
+        raise RuntimeError("roll back")
+    with write_lock_held(appender), pytest.raises(DatabaseBusy):
+        appender.insert_rows("t", [{"x": 3}], wait=False)
+    assert appender._connect().execute("SELECT count(*) FROM t").fetchone() == (0,)

@@ -173,6 +173,10 @@ def _refusal(index: int, error: Exception) -> EntryRefused:
     return EntryRefused(index, f"audit entry refused: {reason}"[:300])
 
 
+def _staging_failed(error: Exception) -> AuditError:
+    return AuditError(f"audit staging failed: {type(error).__name__}: {str(error)[:300]}", hint="the call is denied")
+
+
 def _commitment(nonce: bytes, stored_arguments: bytes | None) -> str | None:
     """record.args_commitment(nonce, arguments), from the canonical bytes that are stored anyway; None: no arguments."""
     return None if stored_arguments is None else hashlib.sha256(nonce + stored_arguments).hexdigest()
@@ -664,7 +668,7 @@ class AuditStore:
                     if chain_staged:
                         last_id = None
                         for row in tx.rows(_STAGED, {"staged_origin": self.origin}):
-                            staged, entry = self._staged_row(row)
+                            staged, entry = self._read_staged(row)
                             seq += 1
                             prev = self._build(signer, entry, seq, prev, records, arguments, staged)
                             frontier.append(prev)
@@ -700,7 +704,7 @@ class AuditStore:
                 f"audit append failed: {type(error).__name__}: {str(error)[:300]}", hint="the call is denied"
             ) from error
 
-    def _staged_row(self, row: Sequence[Any]) -> tuple[_Staged, AppendEntry]:
+    def _read_staged(self, row: Sequence[Any]) -> tuple[_Staged, AppendEntry]:
         staged_id, time, nonce, arguments, entry_json = row
         try:
             nonce, arguments = column_bytes(nonce), None if arguments is None else column_bytes(arguments)
@@ -718,15 +722,41 @@ class AuditStore:
 
     def stage(self, entry: AppendEntry) -> int:
         """Make a decision durable without chaining it: one row of audit_staged (its entry, time, nonce and canonical
-        arguments) in one short transaction, synced as `sync` says. The next `append_staged` turns it into its record.
-        Returns the row's id.
+        arguments: `staging_row`), one INSERT committed by itself, synced as `sync` says. The next `append_staged`
+        turns it into its record. Returns the row's id.
 
         Only where appends need not wait (`appends_without_waiting`): a lock held by another thread or process raises
         AppendWouldWait, having written nothing. An entry that could never become a record raises EntryRefused
-        (index 0) before anything is written: the checks `append` makes are made here, on a body built with this
-        log's fields, so that chaining it later cannot fail for it."""
-        if self._sqlite is None:
-            raise AppendWouldWait("this store has no appends that avoid waiting (PostgreSQL, SQLite URLs with options)")
+        (index 0) before anything is written."""
+        sqlite = self._stager()
+        row = self.staging_row(entry)
+        try:
+            with self._locked(False):
+                # One insert, its own transaction: it reads and changes nothing of the chain, so the cached head
+                # stays as good as it was (the next append still checks that no other connection committed).
+                return sqlite.insert(_STAGE, row, wait=False)
+        except AppendWouldWait:
+            raise
+        except DatabaseBusy as busy:
+            raise AppendWouldWait(str(busy)) from busy
+        except Exception as error:
+            raise _staging_failed(error) from error
+
+    def stage_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Stage decisions whose rows `staging_row` made, all in one INSERT committed by itself (one fsync with
+        `full`), waiting for the write lock as appends do: the audit writer thread's way. Their ids, in order."""
+        sqlite = self._stager()
+        try:
+            with self._locked(True):
+                return sqlite.insert_rows(audit_staged.name, rows)  # as in `stage`, the cached head stays good
+        except Exception as error:
+            raise _staging_failed(error) from error
+
+    def staging_row(self, entry: AppendEntry) -> dict[str, Any]:
+        """The audit_staged row of a decision, its time and nonce fixed now. Raises EntryRefused (index 0) for an
+        entry that could never become a record: the checks `append` makes are made here, on a body built with this
+        log's fields, so that chaining it later cannot fail for it. Only where the store stages (AppendWouldWait)."""
+        self._stager()
         if entry.type != "decision":  # records that point at others (approval, timeout) are appended, not staged
             raise AuditError(f"only decisions are staged, not {entry.type!r} records", hint="append it instead")
         nonce = secrets.token_bytes(32)
@@ -748,20 +778,12 @@ class AuditStore:
             entry_json = staged_entry_json(entry)
         except (AuditError, ValueError) as error:  # ValueError: pydantic's, and UnicodeEncodeError
             raise _refusal(0, error) from error
-        row = {"origin": self.origin, "time": time, "nonce": nonce, "arguments": stored_arguments, "entry": entry_json}
-        try:
-            with self._locked(False):
-                # One insert, its own transaction: it reads and changes nothing of the chain, so the cached head
-                # stays as good as it was (the next append still checks that no other connection committed).
-                return self._sqlite.insert(_STAGE, row, wait=False)
-        except AppendWouldWait:
-            raise
-        except DatabaseBusy as busy:
-            raise AppendWouldWait(str(busy)) from busy
-        except Exception as error:
-            raise AuditError(
-                f"audit staging failed: {type(error).__name__}: {str(error)[:300]}", hint="the call is denied"
-            ) from error
+        return {"origin": self.origin, "time": time, "nonce": nonce, "arguments": stored_arguments, "entry": entry_json}
+
+    def _stager(self) -> SqliteAppender:
+        if self._sqlite is None:
+            raise AppendWouldWait("this store has no appends that avoid waiting (PostgreSQL, SQLite URLs with options)")
+        return self._sqlite
 
     def staged(self) -> tuple[int, str | None]:
         """How many decisions of this origin are staged and not yet chained, and the oldest one's time."""

@@ -8,7 +8,9 @@ durable by then. One exception to the hand-off: on an event loop, with an idle w
 on the loop itself (`append_now`), which costs less than the round trip: always when the commit makes no fsync (`sync =
 "normal"`), and with `full` when the caller is alone on the loop (no other flow waits while it waits for the fsync).
 A decision that needs no seq at once (`commit_async`, the Gate's) is staged there instead: one short durable row, which
-the thread chains into its record right after, in the transaction of its next append (audit/FORMAT.md section 9).
+the thread chains into its record right after, in the transaction of its next append (audit/FORMAT.md section 9). When
+it goes through the thread (`full` with other flows in progress), the thread stages it too (`submit_decision`), with
+the others queued at the same time in one statement, rather than appending a chained record before the call may go on.
 
 Fail closed, fast: a full queue or a closed writer raises AuditError at `submit` (the call is denied at once). An entry
 that can never become a record (the schema refuses a field, its arguments have no canonical form) fails alone: the store
@@ -60,13 +62,13 @@ def _closed() -> AuditError:
     return AuditError("the audit writer is closed", hint="the call is denied; the proxy is shutting down")
 
 
-def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[int], done: Future[int]) -> None:
+def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], done: Future[Any]) -> None:
     """Runs where `done` completes (the writer thread, or a canceller): settle `waiter` on its loop."""
     if not loop.is_closed():
         loop.call_soon_threadsafe(_settle, waiter, done)
 
 
-def _settle(waiter: asyncio.Future[int], done: Future[int]) -> None:
+def _settle(waiter: asyncio.Future[Any], done: Future[Any]) -> None:
     if waiter.done():  # timed out or cancelled meanwhile
         return
     if done.cancelled():
@@ -148,6 +150,17 @@ class Durable:
     staged: int | None = None
 
 
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """A queued entry and the future of its outcome: its seq (`submit`), or where it is durable (`submit_decision`:
+    a Durable; with the row the thread may stage instead of appending it, when the store stages)."""
+
+    entry: AppendEntry
+    future: Future[Any]
+    decision: bool = False
+    row: dict[str, Any] | None = None
+
+
 class AuditWriter:
     """One background thread appending batches to `store`. Thread-safe; share one per process."""
 
@@ -219,6 +232,24 @@ class AuditWriter:
     def submit(self, entry: AppendEntry) -> Future[int]:
         """Queue one entry; the future resolves to its seq once committed, or fails with AuditError."""
         future: Future[int] = Future()
+        self._enqueue(_Pending(entry, future))
+        return future
+
+    def submit_decision(self, entry: AppendEntry) -> Future[Durable]:
+        """Queue a decision whose seq nobody needs at once; the future resolves to where it is durable once it is.
+        Where the store stages (SQLite), its row is made here (`store.staging_row`: time, nonce, canonical arguments,
+        the record schema's check; EntryRefused at once for an entry that could never be a record), and the thread
+        stages the rows it finds queued together in one statement, chaining them `chain_delay` later as it chains the
+        loop's; otherwise (PostgreSQL, or while chaining fails) the entry is appended. Fails with AuditError.
+
+        The row is made on the caller's thread so that the writer's own work is the insert alone: on an event loop
+        busy with other flows, each time the thread needs the GIL back it may wait for the loop."""
+        row = self.store.staging_row(entry) if self.direct else None
+        future: Future[Durable] = Future()
+        self._enqueue(_Pending(entry, future, decision=True, row=row))
+        return future
+
+    def _enqueue(self, pending: _Pending) -> None:
         with self._close_lock:
             if self._closed:
                 raise _closed()
@@ -228,8 +259,7 @@ class AuditWriter:
                 raise AuditError(
                     "the audit queue is full", hint="the call is denied; the audit database is too slow or down"
                 )
-            self._queue.put((entry, future))
-        return future
+            self._queue.put(pending)
 
     def append_sync(self, entry: AppendEntry, timeout: float = 5.0) -> int:
         """Submit and wait until the record is durable; its seq. Raises AuditError (also on timeout)."""
@@ -260,7 +290,7 @@ class AuditWriter:
             seq = self.append_now(entry)
             if seq is not None:
                 return seq
-        return await self._through_thread(entry, timeout)
+        return await self._through_thread(self.submit(entry), timeout)
 
     async def commit_async(self, entry: AppendEntry, timeout: float = 5.0, *, alone: bool = False) -> Durable:
         """`append_async` for a decision that does not need its seq at once: where `append_async` would append on the
@@ -276,12 +306,13 @@ class AuditWriter:
                 if first:
                     asyncio.get_running_loop().call_soon(self.request_chain)
                 return Durable(staged=staged)
-        return Durable(seq=await self._through_thread(entry, timeout))
+        return await self._through_thread(self.submit_decision(entry), timeout)
 
-    async def _through_thread(self, entry: AppendEntry, timeout: float) -> int:
-        future = self.submit(entry)
+    async def _through_thread(self, future: Future[_T], timeout: float) -> _T:
+        """The result of a queued entry's `future`, awaited on the loop without blocking it; its entry withdrawn if
+        the wait ends before the thread has taken it."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[int] = loop.create_future()
+        waiter: asyncio.Future[_T] = loop.create_future()
         future.add_done_callback(functools.partial(_wake, loop, waiter))
         timer = loop.call_later(timeout, _expire, waiter)
         try:
@@ -385,7 +416,7 @@ class AuditWriter:
                         self._commit([])
                 self._checkpoint()
                 continue
-            batch: list[tuple[AppendEntry, Future[int]]] = []
+            batch: list[_Pending] = []
             stopping = self._take(first, batch)
             deadline = time.monotonic() + self.linger
             while not stopping and len(batch) < self.max_batch:
@@ -397,25 +428,31 @@ class AuditWriter:
                 stopping = self._take(item, batch)
             if batch or (self._staged_waiting and (stopping or self._until_chain() == 0)):
                 with self._committing:
-                    self._commit(batch)
+                    self._commit(batch, stopping=stopping)
             self._checkpoint()
 
     @staticmethod
-    def _take(item: Any, batch: list[tuple[AppendEntry, Future[int]]]) -> bool:
+    def _take(item: Any, batch: list[_Pending]) -> bool:
         if item is _STOP:
             return True
-        if item is not _CHAIN:  # a wake-up only: _commit chains whenever decisions are staged
+        if item is not _CHAIN:  # a wake-up only: the loop staged a first decision, whose chaining the thread times
             batch.append(item)
         return False
 
-    def _commit(self, batch: list[tuple[AppendEntry, Future[int]]]) -> None:
-        """Append the batch; staged decisions first, in the same transaction, when any are waiting."""
-        live = [(entry, future) for entry, future in batch if future.set_running_or_notify_cancel()]
-        chain = self._staged_waiting
-        self._staged_waiting = False  # cleared before the rows are read: a decision staged meanwhile sets it again
+    def _commit(self, batch: list[_Pending], *, stopping: bool = False) -> None:
+        """Commit the batch: the decisions that may be staged, staged in one transaction where the store stages
+        (`_stage`); the rest appended, staged decisions chained first in the same transaction. Staged decisions are
+        chained with any append, when they are due, and when the writer stops."""
+        live = [pending for pending in batch if pending.future.set_running_or_notify_cancel()]
+        if self.chain_failure is None and any(pending.row is not None for pending in live):
+            self._stage([pending for pending in live if pending.row is not None])
+            live = [pending for pending in live if pending.row is None]
+        chain = self._staged_waiting and (bool(live) or stopping or self._until_chain() == 0)
+        if chain:
+            self._staged_waiting = False  # cleared before the rows are read: a decision staged meanwhile sets it again
         while live or chain:
             try:
-                entries = [entry for entry, _ in live]
+                entries = [pending.entry for pending in live]
                 chained, seqs = self.store.append_staged(entries) if chain else (0, self.store.append(entries))
                 if len(seqs) != len(live):
                     raise AuditError(f"store returned {len(seqs)} seqs for {len(live)} records", hint="a store bug")
@@ -426,8 +463,8 @@ class AuditWriter:
                     self._fail(live, refused)
                     return
                 # That entry can never be written (nothing of the batch was): it alone fails, the rest go again.
-                _, future = live.pop(refused.index)
-                future.set_exception(AuditError(refused.message, hint=refused.hint))
+                refused_one = live.pop(refused.index)
+                refused_one.future.set_exception(AuditError(refused.message, hint=refused.hint))
                 continue
             except Exception as error:  # AuditError, or a store bug: either way nothing of the batch is known durable
                 if chain:
@@ -439,20 +476,39 @@ class AuditWriter:
                 return
             if chain:
                 self.chain_failure = None
-            for (_, future), seq in zip(live, seqs, strict=True):
-                future.set_result(seq)
+            for pending, seq in zip(live, seqs, strict=True):
+                pending.future.set_result(Durable(seq=seq) if pending.decision else seq)
             if self.wal is not None:
                 self.wal.committed(chained + len(live))
             return
 
+    def _stage(self, staging: list[_Pending]) -> None:
+        """Stage decisions from the thread, all in one statement (one fsync with `full`, shared by every flow that
+        waits for one): each future resolves to its staged row once durable, and the rows are chained `chain_delay`
+        later with the loop's. Under concurrency this is what the flows wait for, instead of a chained append of the
+        whole batch (reading the head row, building and signing each record, the Merkle steps and the indexes)."""
+        try:
+            ids = self.store.stage_rows([pending.row for pending in staging if pending.row is not None])
+            if len(ids) != len(staging):
+                raise AuditError(f"store staged {len(ids)} rows for {len(staging)} decisions", hint="a store bug")
+        except Exception as error:  # the database, or a store bug: nothing of it is known durable
+            self._fail(staging, error)
+            return
+        for pending, staged in zip(staging, ids, strict=True):
+            pending.future.set_result(Durable(staged=staged))
+        if not self._staged_waiting:
+            self._staged_since, self._staged_waiting = time.monotonic(), True
+        if self.wal is not None:
+            self.wal.committed(len(staging))
+
     @staticmethod
-    def _fail(live: list[tuple[AppendEntry, Future[int]]], error: Exception) -> None:
+    def _fail(live: list[_Pending], error: Exception) -> None:
         failure = error if isinstance(error, AuditError) else AuditError(f"audit append failed: {error!r}")
         log.error("audit batch of %d failed: %s", len(live), failure.message)
-        for _, future in live:  # one exception object per waiter: raising it appends to its traceback
+        for pending in live:  # one exception object per waiter: raising it appends to its traceback
             own = AuditError(failure.message, hint=failure.hint or "the call is denied")
             own.__cause__ = failure
-            future.set_exception(own)
+            pending.future.set_exception(own)
 
     def _still_staged(self) -> None:
         """A chaining did not happen: the staged decisions are tried again a chain_delay (or a batch) later."""
