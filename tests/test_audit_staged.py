@@ -127,6 +127,7 @@ def test_staging_is_one_insert_and_keeps_the_head_the_last_append_left(store: Au
     store.stage(entry(1))
     # (The busy timeout is switched off first: the append before it waited. Switched once per change of way.)
     assert [s.split(" (", 1)[0] for s in statements] == ["PRAGMA busy_timeout = 0", "INSERT INTO audit_staged"]
+    assert statements[1].count("), (") == 0  # one row
     statements.clear()
     assert store.append_staged() == (1, [])
     assert not [s for s in statements if s.startswith("SELECT audit_head")]

@@ -6,7 +6,7 @@ handling made a one-record append cost 0.47 ms of CPU, three quarters of it outs
 the whole append (signing included) costs 0.2 ms. What the transaction does is unchanged: AuditStore builds and signs
 the records and runs the same SQLAlchemy statements, compiled once for SQLite, inside `BEGIN IMMEDIATE ... COMMIT`,
 with the journal and sync settings of `configure_sqlite`. Only SQLite uses it; PostgreSQL keeps the SQLAlchemy path.
-A staged decision (audit/FORMAT.md section 9) is a single INSERT committed by itself (`insert`).
+Staged decisions (audit/FORMAT.md section 9) are INSERTs committed by themselves (`insert_rows`).
 
 The connection is not thread-safe by itself: AuditStore holds its write lock around every transaction.
 """
@@ -26,6 +26,7 @@ from sqlalchemy.sql import Executable
 _DIALECT = sqlite.dialect(paramstyle="named")  # named parameters: the rows AuditStore builds for SQLAlchemy fit as is
 BUSY_TIMEOUT = 60.0  # seconds a transaction waits for another process's write lock (as the store's engine does)
 _BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT * 1000)
+_PORTABLE_PARAMETERS = 999  # bound parameters every SQLite build takes in one statement (the default before 3.32)
 
 
 class DatabaseBusy(Exception):
@@ -91,6 +92,7 @@ class SqliteAppender:
         self._inherited: list[sqlite3.Connection] = []  # from a parent process: never used, never closed here
         # Keyed by the store's statement objects (module constants, hashed by identity): each compiled once.
         self._compiled: dict[Executable, str] = {}
+        self._inserts: dict[tuple[str, tuple[str, ...], int], str] = {}  # insert_rows' SQL by table, columns, rows
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None and self._pid == os.getpid():
@@ -142,59 +144,44 @@ class SqliteAppender:
         finally:
             cursor.close()
 
-    def insert(self, statement: Executable, parameters: Mapping[str, Any], *, wait: bool = True) -> int:
-        """One INSERT as a transaction of its own (SQLite's autocommit: the write lock taken and the commit made,
-        synced as configured, by the statement itself); the new row's rowid. For a write that touches no row another
-        transaction reads first (a staged decision): a quarter fewer round trips than `transaction`'s BEGIN
-        IMMEDIATE, PRAGMA data_version, statement and COMMIT (measured: 44 against 71 us after a pause).
+    def insert_rows(self, table: str, rows: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[int]:
+        """Rows inserted by one INSERT statement that is a transaction of its own (SQLite's autocommit: the write lock
+        taken and the commit made, synced as configured, one fsync with `full`, by the statement itself); their
+        rowids, in order. For writes that touch no row another transaction reads first (staged decisions). The rows
+        must have the same columns.
+
+        Why one statement: on the event loop, a quarter fewer round trips than `transaction`'s BEGIN IMMEDIATE, PRAGMA
+        data_version, statement and COMMIT (one row: 44 against 71 us after a pause); on a thread that shares the GIL
+        with a busy event loop, the driver lets go of the GIL around each statement and must take it back after, each
+        time perhaps waiting for the loop (the audit writer's thread with four agents at once: staging 1-4 decisions
+        took 1.0 ms at the median as BEGIN, an INSERT each and COMMIT). SQLite numbers the rows of one INSERT in the
+        order of its VALUES, each one past the largest rowid before it, under the write lock the statement holds: the
+        last rowid and the count give them all.
 
         It leaves what `transaction` compares untouched: this connection's own commit does not change its
         data_version, so a later transaction is still `unchanged` exactly when no other connection committed since
         the last one. Failures as in `transaction`: nothing is written, and `wait=False` raises DatabaseBusy when
         another connection holds the write lock."""
-        connection = self._connect()
-        if connection.in_transaction:  # the insert would join it and commit nothing: never report that as durable
-            raise sqlite3.ProgrammingError("an insert of its own inside an open transaction")
-        try:
-            self._wait_as(connection, wait)
-            cursor = connection.execute(_sql(self._compiled, statement), parameters)
-        except BaseException as error:
-            busy = self._failed(connection, error, wait)
-            if busy is not None:
-                raise busy from error
-            raise
-        rowid = cursor.lastrowid
-        cursor.close()
-        if rowid is None:  # the driver sets it for every INSERT that wrote a row
-            raise sqlite3.DatabaseError("the insert wrote no row")
-        return rowid
-
-    def insert_rows(self, table: str, rows: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[int]:
-        """Several rows in one INSERT statement, a transaction of its own like `insert` (one commit, one fsync with
-        `full`); their rowids, in order. One statement, not one per row, for a caller on a thread that shares the GIL
-        with a busy event loop: the driver lets go of the GIL around each statement and must take it back after, and
-        each time it may wait for the loop (measured on the audit writer's thread with four agents at once: staging 1-4
-        decisions took 1.0 ms at the median as BEGIN, an INSERT each and COMMIT). SQLite numbers the rows of one
-        INSERT in the order of its VALUES, each one past the largest rowid before it, under the write lock the
-        statement holds: the last rowid and the count give them all. The rows must have the same columns."""
         if not rows:
             return []
         columns = tuple(rows[0])
-        if any(tuple(row) != columns for row in rows):
+        if len(rows) > 1 and any(tuple(row) != columns for row in rows):
             raise sqlite3.ProgrammingError("rows of one insert must have the same columns")
         connection = self._connect()
         if connection.in_transaction:  # the insert would join it and commit nothing: never report that as durable
             raise sqlite3.ProgrammingError("an insert of its own inside an open transaction")
         # Past the build's limit of bound parameters (999 before SQLite 3.32), the rows go in several statements.
-        per_statement = max(1, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
-        values = "(" + ", ".join("?" * len(columns)) + ")"
+        per_statement = len(rows)
+        if len(rows) * len(columns) > _PORTABLE_PARAMETERS:
+            per_statement = max(1, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
         ids: list[int] = []
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
-            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([values] * len(chunk))}"
             try:
                 self._wait_as(connection, wait)
-                cursor = connection.execute(sql, [row[column] for row in chunk for column in columns])
+                cursor = connection.execute(
+                    self._insert_sql(table, columns, len(chunk)), [row[column] for row in chunk for column in columns]
+                )
             except BaseException as error:
                 busy = self._failed(connection, error, wait)
                 if busy is not None:
@@ -206,6 +193,18 @@ class SqliteAppender:
                 raise sqlite3.DatabaseError(f"the insert wrote {count} rows of {len(chunk)}")
             ids.extend(range(last - count + 1, last + 1))
         return ids
+
+    def _insert_sql(self, table: str, columns: tuple[str, ...], count: int) -> str:
+        key = (table, columns, count)
+        sql = self._inserts.get(key)
+        if sql is None:
+            if not all(name.isidentifier() for name in (table, *columns)):  # names go into the SQL text itself
+                raise sqlite3.ProgrammingError(f"not a table or column name: {(table, *columns)!r}")
+            values = "(" + ", ".join("?" * len(columns)) + ")"
+            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([values] * count)}"
+            if len(self._inserts) < 1024:  # shapes: one per batch size up to the writer's max_batch
+                self._inserts[key] = sql
+        return sql
 
     def _wait_as(self, connection: sqlite3.Connection, wait: bool) -> None:
         """The busy timeout for this way of writing. Per connection, and a process's writes almost always go one way

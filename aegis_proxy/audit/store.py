@@ -363,9 +363,6 @@ _NEWEST_CHECKPOINT = select(func.max(audit_checkpoints.c.size)).where(
     audit_checkpoints.c.origin == bindparam("head_origin")
 )
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
-_STAGE = insert(audit_staged).values(
-    {name: bindparam(name) for name in ("origin", "time", "nonce", "arguments", "entry")}
-)
 _STAGED = (
     select(audit_staged.c.id, audit_staged.c.time, audit_staged.c.nonce, audit_staged.c.arguments, audit_staged.c.entry)
     .where(audit_staged.c.origin == bindparam("staged_origin"))
@@ -734,7 +731,7 @@ class AuditStore:
             with self._locked(False):
                 # One insert, its own transaction: it reads and changes nothing of the chain, so the cached head
                 # stays as good as it was (the next append still checks that no other connection committed).
-                return sqlite.insert(_STAGE, row, wait=False)
+                return sqlite.insert_rows(audit_staged.name, [row], wait=False)[0]
         except AppendWouldWait:
             raise
         except DatabaseBusy as busy:
