@@ -429,12 +429,12 @@ def test_rows_inserted_together_are_one_statement_and_come_back_in_order(appende
 def test_rows_past_the_bound_parameter_limit_go_in_several_statements(appender: SqliteAppender) -> None:
     """An SQLite built with a low limit of bound parameters (999 before 3.32): as many statements as it takes."""
     connection = appender._connect()
-    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 4)
+    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 400)
     statements: list[str] = []
     connection.set_trace_callback(statements.append)
-    ids = appender.insert_rows("t", [{"x": n} for n in range(10)])
-    assert len([s for s in statements if s.startswith("INSERT")]) == 3  # 4 + 4 + 2
-    assert dict(connection.execute("SELECT rowid, x FROM t").fetchall()) == dict(zip(ids, range(10), strict=True))
+    ids = appender.insert_rows("t", [{"x": n} for n in range(1000)])  # past the 999 every build takes
+    assert len([s for s in statements if s.startswith("INSERT")]) == 3  # 400 + 400 + 200
+    assert dict(connection.execute("SELECT rowid, x FROM t").fetchall()) == dict(zip(ids, range(1000), strict=True))
 
 
 def test_rows_inserted_together_must_have_the_same_plain_columns(appender: SqliteAppender) -> None:
