@@ -354,8 +354,7 @@ class AuditWriter:
 
         def stage() -> int:
             staged = self.store.stage(entry)
-            if not self._staged_waiting:  # set under _committing: the thread's next commit sees it
-                self._staged_since, self._staged_waiting = time.monotonic(), True
+            self._newly_staged()  # under _committing: the thread's next commit sees it
             return staged
 
         return self._on_this_thread(stage)
@@ -440,7 +439,7 @@ class AuditWriter:
         return False
 
     def _commit(self, batch: list[_Pending], *, stopping: bool = False) -> None:
-        """Commit the batch: the decisions that may be staged, staged in one transaction where the store stages
+        """Commit the batch: the decisions that may be staged, staged in one statement where the store stages
         (`_stage`); the rest appended, staged decisions chained first in the same transaction. Staged decisions are
         chained with any append, when they are due, and when the writer stops."""
         live = [pending for pending in batch if pending.future.set_running_or_notify_cancel()]
@@ -496,8 +495,7 @@ class AuditWriter:
             return
         for pending, staged in zip(staging, ids, strict=True):
             pending.future.set_result(Durable(staged=staged))
-        if not self._staged_waiting:
-            self._staged_since, self._staged_waiting = time.monotonic(), True
+        self._newly_staged()
         if self.wal is not None:
             self.wal.committed(len(staging))
 
@@ -509,6 +507,11 @@ class AuditWriter:
             own = AuditError(failure.message, hint=failure.hint or "the call is denied")
             own.__cause__ = failure
             pending.future.set_exception(own)
+
+    def _newly_staged(self) -> None:
+        """Decisions were staged: they are due `chain_delay` after the oldest still waiting."""
+        if not self._staged_waiting:
+            self._staged_since, self._staged_waiting = time.monotonic(), True
 
     def _still_staged(self) -> None:
         """A chaining did not happen: the staged decisions are tried again a chain_delay (or a batch) later."""
