@@ -16,6 +16,18 @@ def load(path: Path) -> list[Call]:
     return [parse_line(text)[1:] for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
 
 
+# Larger than the per-core caches of the machines we run on (this one: 64 KiB L1, 2 MiB L2 per core).
+_EVICT_BYTES = 8 * 1024 * 1024
+_evict_from = bytearray(_EVICT_BYTES)
+_evict_to = bytearray(_EVICT_BYTES)
+
+
+def evict_caches() -> None:
+    """Push what the last code touched out of the CPU's per-core caches, as the rest of a proxy's work does between
+    two calls: copying 8 MiB reads and writes more than those caches hold."""
+    _evict_to[:] = _evict_from
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
