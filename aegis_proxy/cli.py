@@ -928,7 +928,8 @@ def _args_run(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audit-sync",
         choices=("full", "normal"),
-        help="full: fsync each record before the call proceeds (default); normal: survives a proxy crash only",
+        help="full: fsync each record before the call proceeds (default); normal: survives a proxy crash, and power "
+        "loss within audit.sync_interval (0.2 s)",
     )
     p.add_argument("--approval-timeout", type=float, metavar="SECONDS", help="how long a held call waits (default 300)")
     p.add_argument("--data-dir", metavar="DIR", help="key, SQLite log and CA live here (default ./.aegis)")

@@ -67,8 +67,12 @@ class AuditSettings(_Strict):
     checkpoint_records: int = Field(default=1000, ge=1)
     checkpoint_seconds: float = Field(default=60.0, gt=0)
     # "full": each record is fsync'd before the call proceeds (survives power loss); "normal": survives a crash of
-    # the proxy but not of the machine, and takes the fsync off the request path (see docs/proxy.md, Latency).
+    # the proxy at once and power loss within sync_interval, and takes the fsync off the request path (see
+    # docs/proxy.md, Latency).
     sync: Literal["full", "normal"] = "full"
+    # With "normal" on SQLite: the WAL is fsync'd at most this many seconds after a commit, which bounds what a power
+    # loss can take (docs/proxy.md, Latency).
+    sync_interval: float = Field(default=0.2, gt=0, le=60)
 
     @field_validator("db")
     @classmethod

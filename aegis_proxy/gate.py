@@ -171,7 +171,7 @@ class Gate:
                 sync=config.audit.sync,
             )
             closers.insert(0, store.close)
-            writer = AuditWriter(store)
+            writer = AuditWriter(store, sync_interval=config.audit.sync_interval)
             closers.insert(0, writer.close)
             approvals = ApprovalStore(store.engine, grace=config.approval_grace)
             closers.insert(1, approvals.close)

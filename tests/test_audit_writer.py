@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aegis_proxy.audit import writer as writer_module
 from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.keys import TrustedKey, key_id
 from aegis_proxy.audit.record import FindingSummary
@@ -408,6 +410,100 @@ def test_sqlite_wal_is_checkpointed_off_the_commit_path(tmp_path: Path) -> None:
     store.close()
 
 
+class WalSyncSpy:
+    """os.fdatasync / os.fsync as the WAL thread calls them: what each synced (from /proc) and when."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> None:
+        self.calls: list[tuple[str, str, float]] = []  # (function, path, monotonic time)
+        self.fail_first = fail_first
+        for name in ("fdatasync", "fsync"):
+            monkeypatch.setattr(writer_module.os, name, self._spy(name, getattr(writer_module.os, name)))
+
+    def _spy(self, name: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def spied(descriptor: int) -> None:
+            if self.fail_first:
+                self.fail_first -= 1
+                raise OSError(5, "Input/output error")
+            real(descriptor)
+            self.calls.append((name, os.readlink(f"/proc/self/fd/{descriptor}"), time.monotonic()))
+
+        return spied
+
+    def synced(self, path: Path) -> list[float]:
+        return [at for name, synced, at in self.calls if name == "fdatasync" and synced == str(path)]
+
+
+def normal_store(path: Path) -> CountingStore:
+    return CountingStore(f"sqlite:///{path}", origin="test/wal-sync", signer_key=KEY, replica="r1", sync="normal")
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("how", ["append_sync", "stage_now"])
+def test_normal_sync_makes_commits_durable_within_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """`sync = "normal"`: a commit makes no fsync of its own; the WAL thread fdatasyncs the log file within
+    sync_interval of it (and its directory, once), and not again while nothing more is committed."""
+    spy = WalSyncSpy(monkeypatch)
+    store = normal_store(tmp_path / "audit.db")
+    wal = tmp_path / "audit.db-wal"
+    with AuditWriter(store, sync_interval=0.05) as writer:
+        assert writer.wal is not None and writer.wal.wal_path == str(wal)
+        writer.append_sync(entry(0))  # the WAL exists, and its first sync is behind us
+        eventually(lambda: len(spy.synced(wal)) == 1)
+        written = time.monotonic()
+        if how == "append_sync":
+            writer.append_sync(entry(1))
+        else:
+            assert writer.stage_now(entry(1)) is not None  # the loop's staged decision
+        eventually(lambda: len(spy.synced(wal)) == 2)
+        assert spy.synced(wal)[1] - written < 0.05 + 2.0  # due 0.05 s after the commit; slack for a loaded CI box
+        time.sleep(0.3)  # six intervals with nothing committed
+        assert len(spy.synced(wal)) == 2 and writer.wal.syncs == 2
+    directories = [path for name, path, _ in spy.calls if name == "fsync"]
+    assert directories == [str(tmp_path)]  # the WAL file's directory entry, once for that file
+    store.close()
+
+
+def test_closing_syncs_what_was_committed_since_the_last_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = WalSyncSpy(monkeypatch)
+    store = normal_store(tmp_path / "audit.db")
+    writer = AuditWriter(store, sync_interval=60.0)
+    writer.append_sync(entry(0))
+    assert spy.synced(tmp_path / "audit.db-wal") == []  # not due for a minute
+    writer.close()
+    assert len(spy.synced(tmp_path / "audit.db-wal")) == 1
+    store.close()
+
+
+def test_a_failed_wal_sync_is_logged_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spy = WalSyncSpy(monkeypatch, fail_first=1)
+    store = normal_store(tmp_path / "audit.db")
+    with AuditWriter(store, sync_interval=0.02) as writer:
+        writer.append_sync(entry(0))
+        eventually(lambda: len(spy.synced(tmp_path / "audit.db-wal")) == 1)
+        assert writer.append_sync(entry(1)) == 1  # appends go on meanwhile
+    assert "syncing the WAL failed" in caplog.text
+    store.close()
+
+
+def test_full_sync_leaves_the_wal_to_each_commit(sqlite_store: CountingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = WalSyncSpy(monkeypatch)
+    with AuditWriter(sqlite_store, sync_interval=0.01) as writer:
+        assert writer.wal is not None and writer.wal.wal_path is None
+        writer.append_sync(entry(0))
+        time.sleep(0.1)
+    assert spy.calls == []  # SQLite synced each commit itself
+
+
 def test_postgresql_has_no_wal_checkpointer(store: CountingStore) -> None:
     with AuditWriter(store) as writer:
         assert (writer.wal is None) == store.engine.url.get_backend_name().startswith("postgresql")
@@ -431,7 +527,14 @@ def test_stores_without_checkpoints_are_fine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [{"max_batch": 0}, {"max_queue": 0}, {"linger": -1.0}, {"checkpoint_interval": 0.0}],
+    [
+        {"max_batch": 0},
+        {"max_queue": 0},
+        {"linger": -1.0},
+        {"checkpoint_interval": 0.0},
+        {"sync_interval": 0.0},
+        {"sync_interval": 61.0},
+    ],
 )
 def test_bad_settings_are_refused(sqlite_store: CountingStore, settings: dict[str, float]) -> None:
     with pytest.raises(AuditError, match="out of range"):

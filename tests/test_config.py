@@ -10,6 +10,7 @@ import pytest
 
 from aegis_proxy.audit.errors import AuditError
 from aegis_proxy.audit.keys import key_id
+from aegis_proxy.audit.writer import SYNC_INTERVAL
 from aegis_proxy.config import AegisConfig, AuditSettings, load_config, open_signing_key, prepare_data_dir
 from aegis_proxy.errors import ConfigError
 
@@ -257,6 +258,14 @@ def test_audit_commands_take_db_and_origin_from_the_config(workdir: Path, capsys
 def test_audit_sync_mode(tmp_path: Path, sync: str) -> None:
     config = load_config(None, {"data_dir": str(tmp_path), "audit.sync": sync})
     assert config.audit.sync == sync
+
+
+def test_audit_sync_interval_defaults_to_the_writers_and_is_bounded(tmp_path: Path) -> None:
+    assert load_config(None, {"data_dir": str(tmp_path)}).audit.sync_interval == SYNC_INTERVAL
+    assert load_config(None, {"data_dir": str(tmp_path), "audit.sync_interval": 1.5}).audit.sync_interval == 1.5
+    for bad in (0, -1.0, 61.0):
+        with pytest.raises(ConfigError, match="sync_interval"):
+            load_config(None, {"data_dir": str(tmp_path), "audit.sync_interval": bad})
 
 
 def test_audit_sync_mode_unknown_is_refused(tmp_path: Path) -> None:
