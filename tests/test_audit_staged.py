@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from aegis_proxy.config import load_config
 from aegis_proxy.gate import Gate
 from aegis_proxy.models import CallContext, ToolCall
 from tests.pg import pg_schema_url
-from tests.test_audit_writer import KEY, TRUSTED, entry
+from tests.test_audit_writer import KEY, TRUSTED, entry, eventually
 
 
 def open_store(path: Path, sync: str = "normal", origin: str = "test/staged") -> AuditStore:
@@ -53,13 +53,6 @@ def bodies(store: AuditStore) -> list[dict[str, Any]]:
 def raw(store: AuditStore) -> sqlite3.Connection:
     assert store._sqlite is not None
     return sqlite3.connect(store._sqlite.path, isolation_level=None)
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the timeout"
-        time.sleep(0.01)
 
 
 RICH = AppendEntry(

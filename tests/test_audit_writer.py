@@ -438,6 +438,7 @@ def normal_store(path: Path) -> CountingStore:
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `condition` holds; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "not within the timeout"
