@@ -236,11 +236,14 @@ def probe_status(gate: Gate) -> str:
 
 
 def watch_gate(metrics: Metrics, gate: Gate) -> Metrics:
-    """Point the scrape-time gauges at this Gate: pending approvals, the policy digest, the probe's status."""
+    """Point the scrape-time gauges at this Gate: pending approvals, the policy digest, the probe's status, the audit
+    log's unsynced commits."""
+    wal = gate.writer.wal
     return metrics.watch(
         pending=lambda: pending_approvals(gate.approvals),
         policy_digest=lambda: gate.policy_digest,
         probe_status=lambda: probe_status(gate),
+        unsynced_seconds=wal.unsynced_seconds if wal is not None else None,
     )
 
 

@@ -278,6 +278,13 @@ class Metrics:
         self.append_failures: Counter = add(
             Counter("aegis_audit_append_failures_total", "Audit appends that failed (the call was denied).")
         )
+        self.unsynced_seconds: Gauge = add(
+            Gauge(
+                "aegis_audit_unsynced_seconds",
+                "Age of the oldest audit commit not yet synced to disk (audit.sync = normal on SQLite; else 0).",
+                collect=lambda: [((), 0.0)],
+            )
+        )
         self.approval_wait: Histogram = add(
             Histogram(
                 "aegis_approval_wait_seconds", "How long held calls waited for a human.", ["outcome"], WAIT_BUCKETS
@@ -317,8 +324,12 @@ class Metrics:
         pending: Callable[[], int] | None = None,
         policy_digest: Callable[[], str] | None = None,
         probe_status: Callable[[], str] | None = None,
+        unsynced_seconds: Callable[[], float] | None = None,
     ) -> Metrics:
-        """Read these at every scrape: pending approvals, the policy digest in force, the probe's status."""
+        """Read these at every scrape: pending approvals, the policy digest in force, the probe's status, the age of
+        the oldest audit commit not yet on disk."""
+        if unsynced_seconds is not None:
+            self.unsynced_seconds.collect = lambda: [((), unsynced_seconds())]
         if pending is not None:
             self.approvals_pending.collect = lambda: [((), pending())]
         if policy_digest is not None:

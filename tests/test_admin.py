@@ -239,6 +239,22 @@ def test_probe_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backbone:
     assert f'aegis_probe_status{{status="{status}"}} 1' in page.splitlines()
 
 
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_the_audit_logs_unsynced_commits_are_on_the_metrics_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str
+) -> None:
+    """With `normal`, the age of the oldest commit the WAL thread has not synced yet (it syncs within
+    audit.sync_interval); with `full` every commit syncs itself: 0."""
+    monkeypatch.chdir(tmp_path)
+    with Gate.from_config(make_config(tmp_path, **{"audit.sync": sync, "audit.sync_interval": 60.0})) as opened:
+        metrics = watch_gate(Metrics(), opened)
+        opened.decide(ToolCall(id="c1", tool="read_file", arguments={"path": "a"}))
+        time.sleep(0.05)
+        (line,) = [row for row in metrics.render().splitlines() if row.startswith("aegis_audit_unsynced_seconds ")]
+    age = float(line.split()[1])
+    assert (age >= 0.05) if sync == "normal" else (age == 0)
+
+
 def test_a_port_in_use_is_a_config_error(admin: AdminServer, gate: Gate) -> None:
     host, port = admin.address
     metrics = Metrics()

@@ -483,16 +483,25 @@ def test_closing_syncs_what_was_committed_since_the_last_sync(tmp_path: Path, mo
     store.close()
 
 
-def test_a_failed_wal_sync_is_logged_and_tried_again(
+def test_a_failed_wal_sync_is_logged_and_tried_again_an_interval_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spy = WalSyncSpy(monkeypatch, fail_first=1)
+    """Failures are retried every sync_interval, not in a loop; meanwhile the oldest unsynced commit keeps its age
+    (what /metrics shows), and appends go on."""
+    spy = WalSyncSpy(monkeypatch, fail_first=3)
     store = normal_store(tmp_path / "audit.db")
-    with AuditWriter(store, sync_interval=0.02) as writer:
+    with AuditWriter(store, sync_interval=0.1) as writer:
+        assert writer.wal is not None
         writer.append_sync(entry(0))
+        committed = time.monotonic()
+        time.sleep(0.25)  # the first sync is due after 0.1 s and fails; the next 0.1 s after that failure
+        assert spy.fail_first >= 1  # at most two attempts in 0.25 s: not a loop
+        assert writer.wal.unsynced_seconds() >= 0.2  # still counted from the commit, not from the last attempt
+        assert writer.append_sync(entry(1)) == 1
         eventually(lambda: len(spy.synced(tmp_path / "audit.db-wal")) == 1)
-        assert writer.append_sync(entry(1)) == 1  # appends go on meanwhile
-    assert "syncing the WAL failed" in caplog.text
+        assert spy.synced(tmp_path / "audit.db-wal")[0] - committed >= 0.3  # the fourth attempt
+        assert writer.wal.unsynced_seconds() == 0
+    assert caplog.text.count("syncing the WAL failed") == 3
     store.close()
 
 

@@ -143,6 +143,15 @@ def test_watch_reads_its_sources_at_scrape_time() -> None:
     assert second['aegis_probe_status{status="unavailable: no weights"}'] == 1
 
 
+def test_unsynced_audit_commits_read_zero_until_watched_then_their_age() -> None:
+    metrics = Metrics()
+    assert samples(metrics.render())["aegis_audit_unsynced_seconds"] == 0
+    age = {"seconds": 0.0}
+    metrics.watch(unsynced_seconds=lambda: age["seconds"])
+    age["seconds"] = 1.5
+    assert samples(metrics.render())["aegis_audit_unsynced_seconds"] == 1.5
+
+
 def test_probe_status_is_absent_until_a_probe_is_watched() -> None:
     assert samples(Metrics().render())['aegis_probe_status{status="absent"}'] == 1
 

@@ -125,7 +125,8 @@ class WalCheckpointer:
         self.syncs = 0  # WAL syncs done (tests, diagnostics)
         self._pending = 0
         self._checkpoint_due = False
-        self._dirty_since: float | None = None  # the first commit not yet synced (monotonic), with a sync_interval
+        self._dirty_since: float | None = None  # the oldest commit not yet synced (monotonic), with a sync_interval
+        self._failed_at: float | None = None  # the last sync that failed: the next waits sync_interval from it
         self._synced_directory: int | None = None  # the WAL file (inode) whose directory entry has been synced
         self._wake = threading.Event()  # set after setting what it is for: _checkpoint_due, _dirty_since, _stopping
         self._stopping = False
@@ -154,11 +155,18 @@ class WalCheckpointer:
         self._wake.set()
         self._thread.join(timeout)
 
-    def _until_sync(self) -> float | None:
+    def unsynced_seconds(self) -> float:
+        """How long the oldest commit not yet synced has waited (0: everything committed is on disk, or the commits
+        sync themselves). Well above `sync_interval`, the syncs fail (/metrics: aegis_audit_unsynced_seconds)."""
         since = self._dirty_since
-        if since is None or self.sync_interval is None:
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    def _until_sync(self) -> float | None:
+        since, interval = self._dirty_since, self.sync_interval
+        if since is None or interval is None:
             return None
-        return max(0.0, since + self.sync_interval - time.monotonic())
+        due = since + interval if self._failed_at is None else max(since, self._failed_at) + interval
+        return max(0.0, due - time.monotonic())
 
     def _run(self) -> None:
         while True:
@@ -177,7 +185,7 @@ class WalCheckpointer:
     def _sync_wal(self) -> None:
         """fdatasync the WAL file; the first time for this file, its directory too. A failure is logged and retried."""
         assert self.wal_path is not None
-        self._dirty_since = None  # a commit from now on marks it again: this sync may not hold it
+        since, self._dirty_since = self._dirty_since, None  # a commit from now on marks it again: this sync may miss it
         try:
             try:
                 descriptor = os.open(self.wal_path, os.O_RDONLY)
@@ -195,11 +203,13 @@ class WalCheckpointer:
                 finally:
                     os.close(directory)
                 self._synced_directory = inode
+            self._failed_at = None
             self.syncs += 1
         except OSError:
             log.warning("audit writer: syncing the WAL failed; trying again in %s s", self.sync_interval, exc_info=True)
-            if self._dirty_since is None:
-                self._dirty_since = time.monotonic()
+            self._failed_at = time.monotonic()
+            later = self._dirty_since  # a commit since the sync began
+            self._dirty_since = since if later is None or since is None else min(since, later)
 
     def _checkpoint(self) -> None:
         try:
