@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import CORPUS, evict_caches, freshen, load, percentile, round_tag
 
-from aegis_proxy.cli import DEFAULT_POLICY
+from aegis_proxy.config import default_policy
 from aegis_proxy.decide import Evidence
 from aegis_proxy.extract import extract
 from aegis_proxy.firewall import Firewall, merge_findings
@@ -60,8 +60,9 @@ def time_stages(
     before()
     started = clock()
     provenance = trace(extraction.strings, context)
-    findings = merge_findings([*extraction.findings, *scanned, *provenance.findings()])
+    traced = provenance.findings()
     timings["provenance"].append(clock() - started)
+    findings = merge_findings([*extraction.findings, *scanned, *traced])  # the policy's evidence, as check builds it
     before()
     started = clock()
     firewall.decider.decide(Evidence(call=call, context=context, findings=findings, provenance=provenance, scores={}))
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--calls", choices=("benign", "attacks", "all"), default="benign")
     parser.add_argument("--fresh", action="store_true", help="a new tag on every string value in each round")
-    parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY, help="the policy that decides (stage 'policy')")
+    parser.add_argument("--policy", type=Path, default=default_policy(), help="the policy (stage 'policy')")
     parser.add_argument("--cold", action="store_true", help="evict the CPU caches before every stage")
     args = parser.parse_args()
     before = evict_caches if args.cold else lambda: None
