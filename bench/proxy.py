@@ -1,7 +1,8 @@
 """Proxy overhead, measured in one run: the same requests go direct, through bare mitmproxy, and through aegis.
 
-    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--turns 0] [--new-result KB] [--stream]
-                                    [--probe off] [--audit-db URL] [--compare DIR] [--compare-sync full|normal]
+    .venv/bin/python bench/proxy.py [--requests 400] [--clients 1] [--back-to-back 1] [--turns 0] [--new-result KB]
+                                    [--stream] [--probe off] [--audit-db URL] [--compare DIR]
+                                    [--compare-sync full|normal]
 
 Upstream: the scripted local LLM (aegis_proxy.demo.upstream), answering a chat completion that carries one tool
 call (`ls -la`, allowed by the default policy, so every aegis request runs the whole path: parse, check, a durable
@@ -17,6 +18,10 @@ minus bare mitmproxy. `--turns N` puts N earlier tool-call turns (user request, 
 `--new-result KB`: every request's conversation ends with a tool result of about KB kilobytes that no earlier request
 carried (a directory listing), as an agent's grows by one per call: the firewall's provenance pass has a new message
 to analyse.
+`--back-to-back N`: in each latency round every path gets N requests in a row instead of one, so that each proxy
+runs as when it is kept busy (its code and data stay in the CPU's caches; its background work, the audit writer's
+chaining and checkpoints, falls inside its own turn when N is large, 100 say) rather than as when it idles between
+calls, as with N = 1, where each proxy waits for the others' requests and meets cold caches every time.
 `--stream`: the latency rounds ask for streamed answers (read to the end, where the tool call comes out once decided).
 `--compare DIR` (repeatable) adds aegis run from another tree, e.g. the previous commit: a change's effect in one run.
 On a shared machine run it as `chrt -f 10 python bench/proxy.py ...` so that other jobs do not preempt it.
@@ -249,6 +254,13 @@ def main() -> None:
         "--clients", type=int, default=1, help="clients sending at once in each latency round (default 1; TTFT: 1)"
     )
     parser.add_argument(
+        "--back-to-back",
+        type=int,
+        default=1,
+        metavar="N",
+        help="latency requests each path gets in a row per round (default 1: paths take turns request by request)",
+    )
+    parser.add_argument(
         "--turns", type=int, default=0, help="earlier tool-call turns in each request's conversation (default 0)"
     )
     parser.add_argument(
@@ -278,6 +290,8 @@ def main() -> None:
         "carried (after --turns turns; default 0: none)",
     )
     args = parser.parse_args()
+    if args.back_to_back < 1:
+        parser.error("--back-to-back must be at least 1")
 
     def build(new_result: int | None) -> dict[str, Any]:
         built = request_body(args.turns, new_result, args.new_result)
@@ -348,12 +362,14 @@ def main() -> None:
                     for _ in range(20):
                         run(url)
                 rounds = args.requests if kind == "latency" else max(50, args.requests // 4)
+                in_a_row = args.back_to_back if kind == "latency" else 1
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                for _ in range(rounds):
+                for first in range(0, rounds, in_a_row):
                     for name, url in paths.items():
-                        started = time.perf_counter()
-                        samples[(kind, name)].extend(run(url))
-                        wall[name] += time.perf_counter() - started
+                        for _ in range(min(in_a_row, rounds - first)):
+                            started = time.perf_counter()
+                            samples[(kind, name)].extend(run(url))
+                            wall[name] += time.perf_counter() - started
                 if kind == "latency":
                     sent = rounds * args.clients
                     for name, pid in pids.items():
@@ -365,6 +381,7 @@ def main() -> None:
                             )
 
     who = "one sequential client" if args.clients == 1 else f"{args.clients} clients at once"
+    who += f", {args.back_to_back} requests in a row per path" if args.back_to_back > 1 else ""
     size = f", {args.turns} earlier turns ({len(json.dumps(body)) / 1024:.0f} KB requests)" if args.turns else ""
     size += f", a new {args.new_result:g} KB tool result in each" if args.new_result else ""
     size += ", streamed answers" if args.stream else ""
